@@ -1,0 +1,3 @@
+from da2_platform.cli.main import entrypoint
+
+entrypoint()

@@ -1,0 +1,1 @@
+"""The `da2` command line: one module per command group, wired together in `main.py`."""

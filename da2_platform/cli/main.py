@@ -1,0 +1,56 @@
+"""`da2`: the platform's one command line. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from da2_platform.cli import compare, data, demo, evaluate, model_info, policy, promote, search, train
+
+app = typer.Typer(
+    name="da2",
+    help="Search augmentation policies for top-down pose estimation (DA2, RL, Optuna) and train P2Net.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data.app, name="data")
+app.add_typer(policy.app, name="policy")
+app.command("evaluate")(evaluate.evaluate)
+app.command("model-info")(model_info.model_info)
+app.command("train")(train.train)
+app.command("predict")(train.predict)
+app.command("search")(search.search)
+app.command("compare")(compare.compare)
+app.command("report")(compare.report)
+app.command("promote")(promote.promote)
+app.command("demo")(demo.demo)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from da2_platform.errors import Da2Error
+    from pose_models.weights import BackboneWeightsError
+    from search_spaces.policy import PolicyError
+
+    return (Da2Error, PolicyError, BackboneWeightsError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; our own errors print one clear line and exit 2, not a traceback."""
+    try:
+        app(args=argv, prog_name="da2", standalone_mode=True)  # click handles usage errors (exit 2) itself
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except _known_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,44 @@
+"""`da2 promote VERSION`: gated move of a registry alias (default: `production`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from da2_platform.cli.output import console, emit_json
+
+
+def promote(
+    version: str = typer.Argument(..., help="The policy version to promote."),
+    alias: str = typer.Option("production", "--alias", help="The alias to move."),
+    gate: str = typer.Option("final-ap", "--gate", help="final-ap (beats the alias holder's final AP), "
+                             "val-ap (search-val AP), or none (no comparison; recorded)."),
+    min_ap: Optional[float] = typer.Option(None, "--min-ap", help="Also require at least this AP (0-1)."),
+    note: str = typer.Option("", "--note", help="Why, in words; stored with the promotion."),
+    name: Optional[str] = typer.Option(None, "--name", help="Registered model (default: the config's policy)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Experiment YAML (for workdir/tracking)."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Override the config's workdir."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server URI."),
+    json_out: bool = typer.Option(False, "--json", help="Print the decision as JSON on stdout."),
+) -> None:
+    """Move the alias to VERSION only when the gate holds; refuse with the reason otherwise (exit 1)."""
+    from dataclasses import asdict
+
+    from da2_platform.config import load_config
+    from da2_platform.registry import promote as do_promote
+    from da2_platform.tracking import check_tracking, resolve_tracking_uri
+
+    cfg = load_config(config, {"workdir": str(workdir)} if workdir else None)
+    uri = resolve_tracking_uri(cfg, tracking_uri)
+    check_tracking(uri)
+    decision = do_promote(name or cfg.tracking.registered_policy, version, alias, gate, min_ap, note, uri)
+    if json_out:
+        emit_json(asdict(decision))
+    elif decision.allowed:
+        console.print(f"[green]promoted[/] version {decision.version} to @{alias}: {decision.reason}")
+    else:
+        console.print(f"[red]refused[/] version {decision.version} for @{alias}: {decision.reason}")
+    if not decision.allowed:
+        raise typer.Exit(code=1)

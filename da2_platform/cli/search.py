@@ -1,0 +1,37 @@
+"""`da2 search --method ...`: one search on Ray Tune, logged to MLflow, the cost ledger and the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from da2_platform.cli.output import console, emit_json, print_table
+
+
+def search(
+    method: str = typer.Option(..., "--method", "-m", help="da2 | rl | optuna | pba | fixed:NAME"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Experiment YAML (default: embedded demo)."),
+    resume: bool = typer.Option(False, "--resume", help="Restore the Ray Tune experiment and continue it."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Override the config's workdir."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (default: SQLite in "
+                                               "the workdir, or MLFLOW_TRACKING_URI)."),
+    no_register: bool = typer.Option(False, "--no-register", help="Do not register the policy in MLflow."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Search an augmentation policy with one method and register the best one as a `candidate` version."""
+    from da2_platform.config import load_config
+    from da2_platform.search.driver import run_search
+    from da2_platform.search.methods import job_factory
+
+    cfg = load_config(config, {"workdir": str(workdir)} if workdir else None)
+    factory = job_factory(method)
+    console.print(f"[bold]search[/] {method} on {cfg.name} (workdir {cfg.workdir})")
+    outcome = run_search(cfg, method, factory, resume=resume, tracking_uri=tracking_uri,
+                         register=not no_register)
+    summary = outcome.summary()
+    if json_out:
+        emit_json({**summary, "policy": outcome.best_policy.to_dict()})
+    else:
+        print_table(f"{method} search", ["field", "value"], [[k, v] for k, v in summary.items()])

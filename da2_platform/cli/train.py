@@ -1,0 +1,105 @@
+"""`da2 train` (P2Net on Ray Train) and `da2 predict` (top-down inference to a COCO results file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from da2_platform.cli.output import console, emit_json, print_table
+
+
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Experiment YAML (default: embedded demo)."),
+    policy: Optional[str] = typer.Option(
+        None, "--policy", help="Policy JSON file, fixed:NAME (none, standard-pose, randaugment, trivialaugment), "
+        "or models:/NAME@ALIAS from the registry."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest epoch checkpoint."),
+    fresh: bool = typer.Option(False, "--fresh", help="Replace an existing run of the same name."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override train.epochs."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Override the config's workdir."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server URI."),
+    no_register: bool = typer.Option(False, "--no-register", help="Do not log/register the trained model."),
+    json_out: bool = typer.Option(False, "--json", help="Print the final metrics as JSON on stdout."),
+) -> None:
+    """Train P2Net with a policy on Ray Train (DDP, one worker per GPU), checkpoint each epoch, report val AP.
+
+    The trained model is registered as a version of `p2net` whose tags name the exact policy version used."""
+    from da2_platform.config import load_config
+    from da2_platform.policies import resolve_policy
+    from da2_platform.registry import register_trained_model
+    from da2_platform.tracking import setup_tracking
+    from da2_platform.training.ray_train import run_training
+
+    overrides = {}
+    if epochs is not None:
+        overrides["train.epochs"] = epochs
+    if workdir is not None:
+        overrides["workdir"] = str(workdir)
+    cfg = load_config(config, overrides)
+    if not no_register or (policy or "").startswith("models:/"):
+        setup_tracking(cfg, tracking_uri)  # an unreachable server fails here, before any compute
+    resolved = resolve_policy(policy) if policy else None
+    console.print(f"[bold]train[/] {cfg.name}: {cfg.train.epochs} epochs, model {cfg.model.preset or cfg.model.backbone}, "
+                  f"policy {resolved.reference if resolved else 'none'}")
+    outcome = run_training(cfg, resolved.policy.to_json() if resolved else None, resume=resume, fresh=fresh)
+    result = {"run": outcome.run_name, "checkpoint": str(outcome.checkpoint), "wall_seconds": outcome.wall_seconds,
+              "device_seconds": outcome.device_seconds, "policy": resolved.reference if resolved else None,
+              "policy_version": resolved.registry_version if resolved else None,
+              **{k: v for k, v in outcome.metrics.items() if k.startswith("val_") or k in ("epoch", "step")}}
+    if not no_register:
+        run_id, version = register_trained_model(
+            cfg, outcome.checkpoint, {**outcome.metrics, "wall_seconds": outcome.wall_seconds},
+            resolved.reference if resolved else None, resolved.registry_version if resolved else None,
+            resolved.registry_name if resolved else None)
+        result.update(mlflow_run_id=run_id, model_version=version)
+    if json_out:
+        emit_json(result)
+    else:
+        print_table("P2Net training", ["metric", "value"], [[k, v] for k, v in result.items()])
+
+
+def predict(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint written by `da2 train`."),
+    annotations: Path = typer.Option(..., "--annotations", help="COCO keypoints JSON (images and GT boxes)."),
+    images: Path = typer.Option(..., "--images", help="Image folder."),
+    out: Path = typer.Option(..., "--out", help="Where to write the COCO results JSON."),
+    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Detector boxes (COCO results with bbox, score)."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="HxW crop size (default: the trained one)."),
+    decoder: str = typer.Option("dark", "--decoder", help="standard (paper) or dark."),
+    flip_test: bool = typer.Option(True, "--flip-test/--no-flip-test", help="Average with the mirrored pass."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    json_out: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout."),
+) -> None:
+    """Top-down inference with ground-truth or detector boxes; the output feeds `da2 evaluate`."""
+    from da2_platform.data.topdown import TopDownDataset
+    from da2_platform.errors import DataError
+    from da2_platform.files import read_json, write_json_atomic
+    from da2_platform.inference import predict_dataset
+    from da2_platform.training.loop import load_checkpoint, model_from_checkpoint
+    from da2_platform.training.step import pick_device
+
+    if decoder not in ("standard", "dark"):
+        raise DataError(f"--decoder: {decoder!r} is not one of standard, dark")
+    model = model_from_checkpoint(checkpoint)
+    size = _parse_size(input_size) if input_size else tuple(load_checkpoint(checkpoint)["input_size"])
+    det = read_json(boxes, "detections file") if boxes else None
+    dataset = TopDownDataset(annotations, images, input_size=size, boxes=det, require_keypoints=False)
+    results = predict_dataset(model, dataset, pick_device(), batch_size, flip_test, decoder)
+    write_json_atomic(out, results, indent=None)
+    summary = {"predictions": len(results), "out": str(out), "skipped": dataset.skipped}
+    if json_out:
+        emit_json(summary)
+    else:
+        console.print(f"wrote {len(results)} predictions to {out}")
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    from da2_platform.errors import DataError
+
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise DataError(f"--input-size: {text!r} is not HxW (e.g. 256x192)") from None
+    return h, w

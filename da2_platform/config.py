@@ -1,0 +1,188 @@
+"""Experiment configuration: flat YAML validated into typed objects (no inheritance chains, no `type=` registries).
+
+One `ExperimentConfig` drives every command: the data set, the model, the shared training recipe, each search
+method's settings, the cluster resources and MLflow tracking. `da2 <cmd> --config C` loads it with
+`load_config`; a bad field is reported with the file and the field path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from da2_platform.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Section):
+    """Where the images come from. `synthpose` generates a data set under `root` when it is missing."""
+
+    kind: Literal["synthpose", "coco"] = "synthpose"
+    root: Path | None = None  # synthpose output folder; default <workdir>/data/synthpose
+    synth_train: int = Field(240, ge=1)
+    synth_val: int = Field(60, ge=1)
+    synth_seed: int = 0
+    train_annotations: Path | None = None
+    train_images: Path | None = None
+    val_annotations: Path | None = None
+    val_images: Path | None = None
+    input_size: tuple[int, int] = (64, 48)  # (H, W)
+    search_val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # carved out of train for search scoring
+    loader_workers: int = Field(0, ge=0)
+
+    @field_validator("input_size")
+    @classmethod
+    def _multiple_of_32(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] % 32 or v[1] % 16 or min(v) <= 0:
+            raise ValueError(f"input_size {v} must be (H, W) with H a multiple of 32 and W a multiple of 16")
+        return v
+
+
+class ModelConfig(_Section):
+    """P2Net settings; `preset` names one of pose_models.PRESETS, explicit fields override it."""
+
+    preset: str | None = "cpu-tiny"
+    backbone: str | None = None
+    fusion_channels: int | None = None
+    refine_channels: int | None = None
+    pretrained_path: Path | None = None  # local ImageNet weights for the backbone (nothing is downloaded)
+    ohkm_topk: int = Field(10, ge=1)  # the paper keeps the 10 hardest joints
+
+    def build_kwargs(self, num_joints: int) -> dict:
+        from pose_models import PRESETS
+
+        kwargs: dict = {}
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise ConfigError(f"model.preset: unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
+            kwargs.update(PRESETS[self.preset])
+        for key in ("backbone", "fusion_channels", "refine_channels"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        if self.pretrained_path is not None:
+            kwargs["pretrained_path"] = str(self.pretrained_path)
+        kwargs["num_joints"] = num_joints
+        return kwargs
+
+
+class TrainConfig(_Section):
+    """The one training recipe shared by production training and every search method's children."""
+
+    epochs: int = Field(2, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(5e-4, gt=0)  # the paper's Adam lr
+    weight_decay: float = Field(1e-5, ge=0)
+    lr_milestones: list[int] = Field(default_factory=list)  # epochs where lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    grad_clip: float | None = 5.0
+    bf16: bool = True  # autocast on GPU only
+    channels_last: bool = True
+    decoder: Literal["standard", "dark"] = "dark"
+    flip_test: bool = True
+    augment_on: Literal["device", "loader"] = "device"  # torch compiler after cropping, or albumentations in workers
+    workers: int = Field(1, ge=1)  # Ray Train workers (one per GPU on a cluster)
+    cpus_per_worker: int = Field(1, ge=1)
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    eval_batch_size: int = Field(32, ge=1)
+
+
+class DA2Config(_Section):
+    """DA2 search (Eq. 2-12): K sub-policies of N ops, relaxed and trained with the network weights."""
+
+    sub_policies: int = Field(8, ge=1)  # K
+    ops_per_sub_policy: int = Field(2, ge=1)  # N
+    tau1: float = Field(0.5, gt=0)  # Gumbel-softmax temperature (sub-policy choice)
+    tau2: float = Field(0.5, gt=0)  # relaxed Bernoulli temperature (op on/off)
+    hard_choice: bool = True  # one sub-policy per image, straight-through gradient
+    hypergradient: Literal["central", "forward"] = "central"  # Eq. 12 central difference, or the cheaper one-sided
+    policy_update_every: int = Field(3, ge=1)  # a d step after every n-th w step (1: every step)
+    zeta: float | None = None  # w step size in the unrolled term; None: the w learning rate
+    policy_lr: float = Field(3e-3, gt=0)
+    policy_betas: tuple[float, float] = (0.5, 0.999)
+    steps: int = Field(60, ge=1)
+    checkpoint_every: int = Field(20, ge=1)
+    curve_every: int = Field(2, ge=1)  # snapshot pi, p, m every n steps
+    top_n: int = Field(5, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0])  # one Ray Tune trial per seed
+
+
+class DiscreteSearchConfig(_Section):
+    """Shared by RL, Optuna and PBA: K sub-policies of N ops, p in 11 bins, m in 10 bins."""
+
+    sub_policies: int = Field(5, ge=1)
+    ops_per_sub_policy: int = Field(2, ge=1)
+    trials: int = Field(8, ge=1)
+    child_steps: int = Field(40, ge=1)
+    concurrent: int = Field(2, ge=1)
+    time_budget_s: float | None = Field(None, gt=0)  # wall-clock cap of the search (set by compare's budget)
+
+
+class SearchConfig(_Section):
+    da2: DA2Config = Field(default_factory=DA2Config)
+    rl: DiscreteSearchConfig = Field(default_factory=DiscreteSearchConfig)
+    optuna: DiscreteSearchConfig = Field(default_factory=DiscreteSearchConfig)
+    pba: DiscreteSearchConfig = Field(default_factory=DiscreteSearchConfig)
+    fixed: list[str] = Field(default_factory=lambda: ["none", "standard-pose", "randaugment", "trivialaugment"])
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0, ge=0)
+
+
+class TrackingConfig(_Section):
+    uri: str | None = None  # None: embedded SQLite under <workdir>/mlflow; or MLFLOW_TRACKING_URI
+    experiment: str | None = None  # MLflow experiment name; default: the config's name
+    registered_policy: str = "pose-aug-policy"
+    registered_model: str = "p2net"
+
+
+class ExperimentConfig(_Section):
+    name: str = "demo"
+    seed: int = 0
+    workdir: Path = Path("work/demo")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @property
+    def heatmap_size(self) -> tuple[int, int]:
+        return (self.data.input_size[0] // 4, self.data.input_size[1] // 4)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> ExperimentConfig:
+    """Read a YAML config (or the embedded defaults when `path` is None) and apply dotted overrides."""
+    raw: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: malformed YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+

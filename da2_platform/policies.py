@@ -1,0 +1,31 @@
+"""One way to name a policy everywhere: a JSON file, `fixed:NAME`, or a registry URI `models:/NAME@ALIAS`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from search_spaces.policy import Policy, PolicyError
+
+
+@dataclass(frozen=True)
+class ResolvedPolicy:
+    policy: Policy
+    reference: str  # what the user wrote
+    registry_version: str | None = None  # the exact model version when resolved from the registry
+    registry_name: str | None = None
+
+
+def resolve_policy(ref: str, tracking_uri: str | None = None) -> ResolvedPolicy:
+    if ref.startswith("fixed:"):
+        from search_spaces.fixed import fixed_policy
+
+        return ResolvedPolicy(fixed_policy(ref.removeprefix("fixed:")), ref)
+    if ref.startswith("models:/"):
+        from da2_platform.registry import load_registered_policy
+
+        return load_registered_policy(ref, tracking_uri)
+    path = Path(ref)
+    if not path.is_file():
+        raise PolicyError(f"{ref}: no such policy file (or use fixed:NAME, models:/NAME@ALIAS)")
+    return ResolvedPolicy(Policy.load(path), ref)

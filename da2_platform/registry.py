@@ -1,0 +1,212 @@
+"""Policies and trained models in the MLflow Model Registry.
+
+A policy version's source is the `policy/` artifact folder of its search run; its content is the policy JSON
+(never a pickle). Lineage travels as tags; the life cycle as aliases: `candidate` on registration, `production`
+after a gated `promote`. Training resolves `models:/<name>@production` to an exact version and records it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from da2_platform import __version__
+from da2_platform.config import ExperimentConfig
+from da2_platform.errors import TrackingError
+from search_spaces.policy import Policy
+
+POLICY_ARTIFACT = "policy/policy.json"
+_REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def _client(tracking_uri: str | None = None):
+    import mlflow
+    from mlflow import MlflowClient
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    return MlflowClient()
+
+
+def register_policy(cfg: ExperimentConfig, policy: Policy, method: str, run_id: str, val_ap: float,
+                    device_hours: float, alias: str = "candidate") -> str:
+    """New version of cfg.tracking.registered_policy from a finished search run (idempotent per search)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    name = cfg.tracking.registered_policy
+    key = hashlib.sha256(f"{cfg.name}|{method}|{policy.to_json()}".encode()).hexdigest()[:16]
+    try:
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name, description="Augmentation policies for top-down pose estimation "
+                                           "(JSON in policy/policy.json of each version's source).")
+        for mv in client.search_model_versions(f"name='{name}'"):
+            if mv.tags.get("da2.search_key") == key:
+                return str(mv.version)  # a resumed search that already registered this result
+        source = f"{client.get_run(run_id).info.artifact_uri}/policy"
+        data_desc = cfg.data.kind if cfg.data.kind == "coco" else f"synthpose(seed={cfg.data.synth_seed})"
+        tags = {
+            "da2.method": method, "da2.experiment": cfg.name, "da2.search_run_id": run_id,
+            "da2.device_hours": f"{device_hours:.6f}", "da2.val_ap": f"{val_ap:.6f}", "da2.dataset": data_desc,
+            "da2.search_space": policy.search_space, "da2.schema_version": str(policy.schema_version),
+            "da2.code_version": code_version(), "da2.search_key": key,
+        }
+        mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags,
+                                         description=f"{method} policy of experiment {cfg.name}")
+        client.set_registered_model_alias(name, alias, mv.version)
+        return str(mv.version)
+    except MlflowException as e:
+        raise TrackingError(f"registering policy {name!r}: {e.message}") from None
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
+    m = _REF.match(ref)
+    if not m:
+        raise TrackingError(f"{ref!r} is not a registry reference (models:/NAME@ALIAS or models:/NAME/VERSION)")
+    return m["name"], m["alias"], m["version"]
+
+
+def resolve_version(ref: str, tracking_uri: str | None = None):
+    """The exact ModelVersion a models:/ reference points at now."""
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_model_ref(ref)
+    client = _client(tracking_uri)
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as e:
+        raise TrackingError(f"{ref}: {e.message}") from None
+
+
+def load_registered_policy(ref: str, tracking_uri: str | None = None):
+    import mlflow
+
+    from da2_platform.policies import ResolvedPolicy
+
+    mv = resolve_version(ref, tracking_uri)
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=POLICY_ARTIFACT)
+    except Exception as e:
+        raise TrackingError(f"{ref} (version {mv.version}): cannot fetch {POLICY_ARTIFACT}: {e}") from None
+    policy = Policy.load(local)
+    return ResolvedPolicy(policy, ref, registry_version=str(mv.version), registry_name=mv.name)
+
+
+@dataclass
+class PromotionDecision:
+    allowed: bool
+    reason: str
+    version: str
+    alias: str
+    previous: str | None
+
+
+def promote(name: str, version: str, alias: str = "production", gate: str = "final-ap", min_ap: float | None = None,
+            note: str = "", tracking_uri: str | None = None) -> PromotionDecision:
+    """Move `alias` to `version` only when the gate holds; record who, when and why as version tags."""
+    from datetime import datetime, timezone
+
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        candidate = client.get_model_version(name, version)
+    except MlflowException as e:
+        raise TrackingError(f"{name} version {version}: {e.message}") from None
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        current = None
+    decision = _gate(candidate, current, gate, min_ap, alias)
+    if decision.allowed:
+        client.set_registered_model_alias(name, alias, candidate.version)
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for key, value in {"da2.promoted_to": alias, "da2.promoted_by": getpass.getuser(),
+                           "da2.promoted_at": stamp, "da2.promotion_reason": (decision.reason + " " + note).strip()
+                           }.items():
+            client.set_model_version_tag(name, candidate.version, key, value)
+    return decision
+
+
+def _gate(candidate, current, gate: str, min_ap: float | None, alias: str) -> PromotionDecision:
+    metric = {"final-ap": "da2.final_ap", "val-ap": "da2.val_ap"}.get(gate)
+    prev = current.version if current is not None else None
+
+    def decide(ok: bool, why: str) -> PromotionDecision:
+        return PromotionDecision(ok, why, str(candidate.version), alias, str(prev) if prev else None)
+
+    if gate == "none":
+        return decide(True, "gate 'none': promoted without a comparison")
+    if metric is None:
+        raise TrackingError(f"--gate: {gate!r} is not one of final-ap, val-ap, none")
+    if metric not in candidate.tags:
+        return decide(False, f"version {candidate.version} has no {metric} tag (run `da2 compare` or a "
+                             "confirmation training first)")
+    ap = float(candidate.tags[metric])
+    if min_ap is not None and ap < min_ap:
+        return decide(False, f"{metric} {ap:.4f} is below the required minimum {min_ap:.4f}")
+    if current is None or str(current.version) == str(candidate.version):
+        return decide(True, f"{metric} {ap:.4f}; no other version holds @{alias}")
+    cur_ap = float(current.tags.get(metric, "-inf"))
+    if ap > cur_ap:
+        return decide(True, f"{metric} {ap:.4f} beats version {current.version} ({cur_ap:.4f}) at @{alias}")
+    return decide(False, f"{metric} {ap:.4f} does not beat version {current.version} ({cur_ap:.4f}) at @{alias}")
+
+
+def tag_final_ap(name: str, version: str, final_ap: float, source: str) -> None:
+    client = _client()
+    client.set_model_version_tag(name, version, "da2.final_ap", f"{final_ap:.6f}")
+    client.set_model_version_tag(name, version, "da2.final_ap_source", source)
+
+
+def register_trained_model(cfg: ExperimentConfig, checkpoint: Path, metrics: dict, policy_ref: str | None,
+                           policy_version: str | None, policy_name: str | None) -> tuple[str, str]:
+    """Log a training run with its checkpoint and register it as a version of cfg.tracking.registered_model."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from da2_platform.tracking import setup_tracking
+
+    experiment_id = setup_tracking(cfg)
+    client = _client()
+    name = cfg.tracking.registered_model
+    with mlflow.start_run(experiment_id=experiment_id, run_name="p2net-train") as run:
+        mlflow.set_tags({"da2.kind": "train", "da2.policy_ref": policy_ref or "none",
+                         "da2.policy_version": policy_version or "", "da2.policy_name": policy_name or ""})
+        mlflow.log_params({"model": cfg.model.preset or cfg.model.backbone, "epochs": cfg.train.epochs,
+                           "input_size": "x".join(map(str, cfg.data.input_size)), "lr": cfg.train.lr,
+                           "batch_size": cfg.train.batch_size})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        mlflow.log_artifact(str(checkpoint), "checkpoint")
+        mlflow.log_text(json.dumps(cfg.model_dump(mode="json"), indent=2), "config.json")
+        try:
+            try:
+                client.get_registered_model(name)
+            except MlflowException:
+                client.create_registered_model(name, description="P2Net checkpoints trained by da2-platform")
+            tags = {"da2.policy_ref": policy_ref or "none", "da2.code_version": code_version(),
+                    "da2.val_ap": f"{float(metrics.get('val_AP', 0.0)):.6f}"}
+            if policy_version:
+                tags.update({"da2.policy_version": policy_version, "da2.policy_name": policy_name or ""})
+            mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id,
+                                             tags=tags)
+        except MlflowException as e:
+            raise TrackingError(f"registering model {name!r}: {e.message}") from None
+    return run.info.run_id, str(mv.version)

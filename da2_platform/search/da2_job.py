@@ -1,0 +1,164 @@
+"""DA2 as a Ray Tune experiment: one trial per seed, checkpointed and restorable.
+
+The trial trains P2Net and the relaxed policy together (`BilevelStep`) on the search-train split, takes its
+d steps on the search-val split (never on val), and ends with the learned `Policy`, its search-val AP, the
+curves of pi, p and m, and its device-seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from da2_platform.config import ExperimentConfig
+from da2_platform.data.heatmaps import render_heatmaps
+from da2_platform.data.topdown import TopDownDataset
+from da2_platform.inference import evaluate_model
+from da2_platform.search.bilevel import BilevelStep
+from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
+from da2_platform.search.trial import TrialClock, limit_threads, trial_device
+from da2_platform.training.loop import build_model, epoch_loader
+from da2_platform.training.step import autocast_for, batch_to_device, make_optimizer, seed_everything
+from pose_models.losses import P2NetLoss
+from search_spaces.batch import PoseBatch
+
+STATE_FILE = "da2_state.pt"
+
+
+def make_batch_loss(loss_fn: P2NetLoss, cfg: ExperimentConfig, device: torch.device):
+    def batch_loss(model: torch.nn.Module, batch: PoseBatch) -> torch.Tensor:
+        with autocast_for(device, cfg.train.bf16):
+            out = model(batch.images)
+        from pose_models.p2net import P2NetOutput
+
+        out = P2NetOutput(heatmaps=out.heatmaps.float(), stage_heatmaps=[h.float() for h in out.stage_heatmaps])
+        return loss_fn(out, batch.heatmaps.float(), batch.visible.float()).total
+    return batch_loss
+
+
+def with_targets(samples: dict, cfg: ExperimentConfig, device: torch.device) -> PoseBatch:
+    batch = batch_to_device(samples, device)
+    heatmaps, weights = render_heatmaps(batch.keypoints, batch.visible, cfg.data.input_size)
+    return PoseBatch(images=batch.images, keypoints=batch.keypoints, visible=weights, heatmaps=heatmaps)
+
+
+class BatchStream:
+    """Endless, resumable batches: epoch e is the seeded order of `epoch_loader`, position = batches consumed."""
+
+    def __init__(self, dataset, cfg: ExperimentConfig, consumed: int = 0, salt: int = 0):
+        self.dataset, self.cfg, self.consumed, self.salt = dataset, cfg, consumed, salt
+        self._iter = None
+
+    def __next__(self) -> dict:
+        if self._iter is None:
+            per_epoch = len(epoch_loader(self.dataset, self.cfg, 0))
+            epoch, offset = divmod(self.consumed, per_epoch)
+            self._iter = iter(epoch_loader(self.dataset, self.cfg, self.salt + epoch))
+            for _ in range(offset):
+                next(self._iter)
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            self._iter = None
+            return self.__next__()
+        self.consumed += 1
+        return batch
+
+
+def da2_trainable(config: dict, settings: dict) -> None:
+    """Ray Tune function trainable: config = {"seed": s}; settings carries the experiment config and data paths."""
+    from ray import tune
+
+    cfg = ExperimentConfig.model_validate(settings["cfg"]).model_copy(update={"seed": int(config["seed"])})
+    sc = cfg.search.da2
+    limit_threads(cfg)
+    device = trial_device(cfg)
+    seed_everything(cfg.seed)
+    train_ds = TopDownDataset(settings["search_train"], settings["images"], input_size=cfg.data.input_size)
+    val_ds = TopDownDataset(settings["search_val"], settings["images"], input_size=cfg.data.input_size)
+    model = build_model(cfg, train_ds.num_joints).to(device)
+    policy = RelaxedPolicy(op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed), train_ds.flip_pairs,
+                           tau1=sc.tau1, tau2=sc.tau2, hard=sc.hard_choice).to(device)
+    w_opt = make_optimizer(model, cfg.train)
+    d_opt = torch.optim.Adam(policy.parameters(), lr=sc.policy_lr, betas=sc.policy_betas)
+    step_fn = BilevelStep(model, policy, make_batch_loss(P2NetLoss(ohkm_topk=cfg.model.ohkm_topk), cfg, device),
+                          w_opt, d_opt, zeta=sc.zeta or cfg.train.lr, hypergradient=sc.hypergradient,
+                          grad_clip=cfg.train.grad_clip)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    state = {"step": 0, "train_consumed": 0, "val_consumed": 0, "wall": 0.0, "curves": [], "losses": []}
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            saved = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        policy.load_state_dict(saved["policy"])
+        w_opt.load_state_dict(saved["w_opt"])
+        d_opt.load_state_dict(saved["d_opt"])
+        generator.set_state(saved["generator"])
+        state = json.loads(saved["state_json"])
+        step_fn.step_count = state["step"]
+    clock = TrialClock(gpus=cfg.search.gpus_per_trial if device.type == "cuda" else 0,
+                       cpus=cfg.search.cpus_per_trial, previous_wall=state["wall"])
+    train_stream = BatchStream(train_ds, cfg, state["train_consumed"])
+    val_stream = BatchStream(val_ds, cfg, state["val_consumed"], salt=10_000)
+
+    while state["step"] < sc.steps:
+        train = with_targets(next(train_stream), cfg, device)
+        update_d = state["step"] % sc.policy_update_every == 0
+        val = with_targets(next(val_stream), cfg, device) if update_d else None
+        noise = policy.sample_noise(train.images.shape[0], generator)
+        stats = step_fn(train, val, noise)
+        state["step"] += 1
+        state["losses"].append(stats.train_loss)
+        if state["step"] % sc.curve_every == 0 or state["step"] == 1:
+            state["curves"].append({"step": state["step"], **policy.snapshot()})
+        last = state["step"] == sc.steps
+        if state["step"] % sc.checkpoint_every == 0 or last:
+            state.update(train_consumed=train_stream.consumed, val_consumed=val_stream.consumed, wall=clock.wall())
+            metrics = {"step": state["step"], "train_loss": stats.train_loss, **clock.report()}
+            if last:
+                coco = evaluate_model(model, Path(settings["search_val"]), Path(settings["images"]),
+                                      cfg.data.input_size, device, flip_test=cfg.train.flip_test,
+                                      decoder=cfg.train.decoder, batch_size=cfg.train.eval_batch_size)
+                learned = policy.to_policy({"method": "da2", "seed": cfg.seed, "steps": state["step"]})
+                metrics.update(clock.report())  # evaluation time counts too
+                metrics.update(val_ap=coco["AP"], policy_json=learned.to_json(), complete=True,
+                               curves_json=json.dumps({"slots": policy.slots, "curves": state["curves"]}))
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save({"model": model.state_dict(), "policy": policy.state_dict(), "w_opt": w_opt.state_dict(),
+                            "d_opt": d_opt.state_dict(), "generator": generator.get_state(),
+                            "state_json": json.dumps(state)}, Path(tmp) / STATE_FILE)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def make_da2_job(cfg: ExperimentConfig, data) -> "TuneJob":
+    from ray import tune
+
+    from da2_platform.search.curves import plot_policy_curves
+    from da2_platform.search.driver import TuneJob, trial_settings
+
+    sc = cfg.search.da2
+
+    def artifacts(results: list[dict]) -> dict[str, bytes]:
+        files = {}
+        for r in results:
+            curves = r["metrics"].get("curves_json")
+            if curves:
+                seed = r["config"].get("seed")
+                files[f"curves/seed{seed}.json"] = curves.encode()
+                files[f"curves/seed{seed}.png"] = plot_policy_curves(json.loads(curves))
+        return files
+
+    return TuneJob(
+        method="da2",
+        trainable=tune.with_parameters(da2_trainable, settings=trial_settings(cfg, data)),
+        param_space={"seed": tune.grid_search(list(sc.seeds))},
+        tune_config={"max_concurrent_trials": max(1, len(sc.seeds))},
+        search_params={**sc.model_dump(mode="json"), "model": cfg.model.preset or cfg.model.backbone,
+                       "input_size": "x".join(map(str, cfg.data.input_size)), "batch_size": cfg.train.batch_size},
+        artifacts=artifacts,
+    )

@@ -1,0 +1,68 @@
+"""MLflow tracking: where runs go, checked before any compute is spent.
+
+Default: an embedded SQLite store and an artifact folder under <workdir>/mlflow (explicit paths, never the
+current directory by accident). A cluster points every process at a tracking server with `--tracking-uri` or
+MLFLOW_TRACKING_URI.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from da2_platform.config import ExperimentConfig
+from da2_platform.errors import TrackingError
+
+
+def resolve_tracking_uri(cfg: ExperimentConfig, override: str | None = None) -> str:
+    uri = override or os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+    if uri:
+        return uri
+    db = (cfg.workdir / "mlflow" / "mlflow.db").resolve()
+    return f"sqlite:///{db}"
+
+
+def artifact_root(cfg: ExperimentConfig) -> str:
+    return (cfg.workdir / "mlflow" / "artifacts").resolve().as_uri()
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, with the URI in the message, when the tracking store cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise TrackingError(f"MLflow tracking server {uri} answered {resp.status} on /health")
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix "
+                                "--tracking-uri / MLFLOW_TRACKING_URI") from None
+    elif uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif uri.startswith(("file:", "/")) or "://" not in uri:
+        raise TrackingError(f"tracking URI {uri!r}: MLflow 3's model registry needs a database or a server "
+                            "(use sqlite:///path/mlflow.db or http://host:port)")
+
+
+def setup_tracking(cfg: ExperimentConfig, override: str | None = None) -> str:
+    """Point mlflow at the store, create the experiment with an explicit artifact location; return its id."""
+    import mlflow
+
+    uri = resolve_tracking_uri(cfg, override)
+    check_tracking(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    name = cfg.tracking.experiment or cfg.name
+    try:
+        existing = mlflow.get_experiment_by_name(name)
+        if existing is not None:
+            return existing.experiment_id
+        location = artifact_root(cfg) if uri.startswith("sqlite:") else None
+        return mlflow.create_experiment(name, artifact_location=location)
+    except TrackingError:
+        raise
+    except Exception as e:
+        raise TrackingError(f"MLflow at {uri} refused the experiment {name!r}: {e}") from None

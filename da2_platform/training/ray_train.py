@@ -1,0 +1,146 @@
+"""`da2 train` on Ray Train: one TorchTrainer worker per GPU (DDP), CPU workers where there is none.
+
+Each epoch rank 0 writes a checkpoint that Ray persists under <workdir>/ray_results/<run>; `--resume` hands the
+latest one back to the workers, which continue from that epoch with the same data order and augmentation
+draws. At the end rank 0 evaluates on the val split with flip test (pycocotools) and reports COCO AP.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from da2_platform.config import ExperimentConfig
+from da2_platform.data.splits import prepare_data
+from da2_platform.errors import TrainingError
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainOutcome:
+    run_name: str
+    run_dir: Path
+    checkpoint: Path  # the final model checkpoint copied out of Ray's storage
+    metrics: dict  # val COCO metrics plus epochs, steps, device_seconds
+    wall_seconds: float
+    device_seconds: float
+
+
+def train_worker(config: dict) -> None:
+    """Runs inside every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    from da2_platform.data.topdown import TopDownDataset
+    from da2_platform.inference import evaluate_model
+    from da2_platform.training.loop import Fit, build_model
+    from search_spaces.policy import Policy
+
+    cfg = ExperimentConfig.model_validate(config["cfg"])
+    policy = Policy.from_json(config["policy"]) if config["policy"] else None
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    dataset = TopDownDataset(config["train_annotations"], config["train_images"], input_size=cfg.data.input_size)
+    model = build_model(cfg, dataset.num_joints)
+    model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
+    fit = Fit(cfg, model, dataset, policy, device, rank=rank, world=world, devices_held=config["devices_held"])
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            fit.load(Path(d) / CHECKPOINT_FILE)
+
+    def report_epoch(f: Fit) -> None:
+        metrics = {"epoch": f.state.epoch, "step": f.state.step, "loss": f.state.history[-1]["loss"],
+                   "device_seconds": f.state.device_seconds * world}
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                f.save(Path(tmp) / CHECKPOINT_FILE)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(metrics)
+
+    fit.run(on_epoch_end=report_epoch)
+    final = {"epoch": fit.state.epoch, "step": fit.state.step, "device_seconds": fit.state.device_seconds * world}
+    if rank == 0:
+        net = model.module if hasattr(model, "module") else model
+        coco = evaluate_model(net, Path(config["val_annotations"]), Path(config["val_images"]), cfg.data.input_size,
+                              device, flip_test=cfg.train.flip_test, decoder=cfg.train.decoder,
+                              batch_size=cfg.train.eval_batch_size)
+        final.update({f"val_{k}": v for k, v in coco.items()})
+    ray.train.report(final)
+
+
+def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = False, fresh: bool = False,
+                 run_name: str | None = None) -> TrainOutcome:
+    """Launch the TorchTrainer and wait; returns the final metrics and a local copy of the last checkpoint."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from da2_platform.raycluster import cluster_has_gpus, ensure_ray
+
+    data = prepare_data(cfg)
+    ensure_ray()
+    use_gpu = cluster_has_gpus() if cfg.train.use_gpu is None else cfg.train.use_gpu
+    storage = (cfg.workdir / "ray_results").resolve()
+    run_name = run_name or f"train-{cfg.name}"
+    run_dir = storage / run_name
+    latest = latest_ray_checkpoint(run_dir)
+    if run_dir.exists() and not resume:
+        if not fresh:
+            raise TrainingError(f"a training run named {run_name!r} already exists in {storage}: pass --resume to "
+                                "continue it from its latest checkpoint, or --fresh to start over")
+        shutil.rmtree(run_dir)
+        latest = None
+    if resume and latest is None:
+        raise TrainingError(f"--resume: no checkpoint of run {run_name!r} under {storage}")
+    per_worker = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    devices_held = 1.0 if use_gpu else float(cfg.train.cpus_per_worker)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "policy": policy_json,
+            "train_annotations": str(data.full_train_annotations),
+            "train_images": str(data.train_images),
+            "val_annotations": str(data.val_annotations),
+            "val_images": str(data.val_images),
+            "devices_held": devices_held,
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(name=run_name, storage_path=str(storage),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        resume_from_checkpoint=ray.train.Checkpoint.from_directory(str(latest)) if latest else None,
+    )
+    start = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except Exception as e:  # surface the worker's own error (NaN loss, bad data) in one line
+        raise TrainingError(f"training run {run_name!r} failed: {_root_cause(e)}") from e
+    wall = time.perf_counter() - start
+    final_ckpt = latest_ray_checkpoint(run_dir)
+    if final_ckpt is None:
+        raise TrainingError(f"training run {run_name!r} finished without a checkpoint in {run_dir}")
+    metrics = dict(result.metrics or {})
+    return TrainOutcome(run_name, run_dir, final_ckpt / CHECKPOINT_FILE, metrics, wall,
+                        float(metrics.get("device_seconds", 0.0)))
+
+
+def latest_ray_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint folder Ray persisted for a run (they are named checkpoint_<timestamp>...)."""
+    if not run_dir.is_dir():
+        return None
+    found = [p.parent for p in run_dir.rglob(CHECKPOINT_FILE) if p.parent.name.startswith("checkpoint")]
+    return max(found, key=lambda p: (p / CHECKPOINT_FILE).stat().st_mtime) if found else None
+
+
+def _root_cause(e: BaseException) -> str:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).strip().splitlines()
+    return text[-1] if text else type(e).__name__
