@@ -4,9 +4,10 @@ with each method's best policy on the same recipe, evaluated on the val split th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from da2_platform.config import ExperimentConfig
-from da2_platform.ledger import CostLedger, LedgerRow, device_seconds, utc_now
+from da2_platform.ledger import CostLedger
 from da2_platform.search.driver import SearchOutcome, run_search
 from da2_platform.search.methods import job_factory
 
@@ -41,33 +42,52 @@ def apply_budget(cfg: ExperimentConfig, budget_device_hours: float | None) -> Ex
 
 def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: float | None = None,
                 tracking_uri: str | None = None, progress=None) -> tuple[list[SearchOutcome], list[FinalTraining]]:
-    from da2_platform.registry import tag_final_ap
-    from da2_platform.training.ray_train import run_training
-
     cfg = apply_budget(cfg, budget_device_hours)
     outcomes = []
     for method in expand_methods(methods, cfg):
         if progress:
             progress(f"search: {method}")
         outcomes.append(run_search(cfg, method, job_factory(method), tracking_uri=tracking_uri))
-    finals = []
-    ledger = CostLedger.for_experiment(cfg.workdir, cfg.name)
-    for outcome in outcomes:
-        if progress:
-            progress(f"final training with the best {outcome.method} policy")
-        started = utc_now()
-        trained = run_training(cfg, outcome.best_policy.to_json(), fresh=True,
-                               run_name=f"final-{cfg.name}-{outcome.method.replace(':', '-')}")
-        ap = float(trained.metrics.get("val_AP", 0.0))
-        kind, held, _ = device_seconds(trained.wall_seconds, 0, 1)
-        ledger.append([LedgerRow(
-            experiment=cfg.name, method=f"final:{outcome.method}", trial_id=trained.run_name,
-            policy_json=outcome.best_policy.to_json(), device_kind="gpu" if cfg.train.use_gpu else kind,
-            devices_held=float(cfg.train.workers), wall_seconds=trained.wall_seconds,
-            device_seconds=trained.device_seconds, val_ap=ap, status="completed", start_time=started,
-            end_time=utc_now(), steps=int(trained.metrics.get("step", 0)), search_run_id=outcome.run_id)])
-        if outcome.registered_version:
-            tag_final_ap(cfg.tracking.registered_policy, outcome.registered_version, ap,
+    if progress:
+        progress(f"final trainings: a fresh P2Net with each best policy, {cfg.train.epochs} epochs, val AP")
+    return outcomes, run_final_trainings(cfg, outcomes)
+
+
+def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) -> list[FinalTraining]:
+    """One Tune trial per method: the shared child recipe on the full train split, scored on val."""
+    from ray import tune
+
+    from da2_platform.data.splits import prepare_data
+    from da2_platform.registry import tag_final_ap
+    from da2_platform.search.children import child_trainable
+    from da2_platform.search.driver import ledger_row
+    from da2_platform.search.trial import trial_resources
+
+    data = prepare_data(cfg)
+    settings = {"cfg": cfg.model_dump(mode="json"), "space": None, "child_steps": None, "evals": 1,
+                "train_annotations": str(data.full_train_annotations), "train_images": str(data.train_images),
+                "eval_annotations": str(data.val_annotations), "eval_images": str(data.val_images)}
+    finals = [{"method": o.method, "policy_json": o.best_policy.to_json()} for o in outcomes]
+    storage = (cfg.workdir / "ray_results").resolve()
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(child_trainable, settings=settings), trial_resources(cfg)),
+        param_space={"final": tune.grid_search(finals)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max(1, cfg.search.rl.concurrent)),
+        run_config=tune.RunConfig(name=f"{cfg.name}-final", storage_path=str(storage), verbose=0),
+    )
+    by_method = {}
+    for result in tuner.fit():
+        method = result.config["final"]["method"]
+        record = {"trial_id": Path(str(result.path)).name, "metrics": dict(result.metrics or {}),
+                  "config": {"method": method}, "error": None if result.error is None else str(result.error)}
+        by_method[method] = ledger_row(cfg, f"final:{method}", record)
+    out = []
+    for o in outcomes:
+        row = by_method[o.method]
+        row.search_run_id = o.run_id
+        if o.registered_version and row.status == "completed":
+            tag_final_ap(cfg.tracking.registered_policy, o.registered_version, row.val_ap,
                          f"da2 compare {cfg.name}: {cfg.train.epochs} epochs on the full train split, val AP")
-        finals.append(FinalTraining(outcome.method, ap, trained.device_seconds, outcome.registered_version))
-    return outcomes, finals
+        out.append(FinalTraining(o.method, row.val_ap, row.device_seconds, o.registered_version))
+    CostLedger.for_experiment(cfg.workdir, cfg.name).append([by_method[o.method] for o in outcomes])
+    return out

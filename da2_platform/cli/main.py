@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import typer
@@ -38,13 +39,21 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; our own errors print one clear line and exit 2, not a traceback."""
+    from da2_platform.cli import output
+
+    output.json_stream = sys.stdout
+    args = sys.argv[1:] if argv is None else argv
+    wants_help = not args or "--help" in args
     try:
-        app(args=argv, prog_name="da2", standalone_mode=True)  # click handles usage errors (exit 2) itself
+        with contextlib.nullcontext() if wants_help else contextlib.redirect_stdout(sys.stderr):
+            app(args=argv, prog_name="da2", standalone_mode=True)  # click handles usage errors (exit 2) itself
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except _known_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        output.json_stream = None
     return 0
 
 

@@ -10,10 +10,15 @@ from rich.console import Console
 
 console = Console(stderr=True)  # progress and tables go to stderr so that stdout stays clean for --json
 
+# While a command runs, `main` points sys.stdout at stderr (libraries such as Ray Tune print banners) and keeps
+# the real stdout here for the one JSON object of `--json`.
+json_stream = None
+
 
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+    stream = json_stream or sys.stdout
+    stream.write(json.dumps(obj, indent=2, default=str) + "\n")
+    stream.flush()
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:

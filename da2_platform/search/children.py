@@ -9,6 +9,7 @@ The policy comes from the trial's config: `policy_json` (RL Searcher, fixed), or
 from __future__ import annotations
 
 import json
+import random
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -21,7 +22,7 @@ from da2_platform.errors import ConfigError
 from da2_platform.inference import evaluate_model
 from da2_platform.search.da2_job import BatchStream
 from da2_platform.search.trial import TrialClock, limit_threads, trial_device
-from da2_platform.training.loop import build_model, device_augment
+from da2_platform.training.loop import build_model, device_augment, epoch_loader
 from da2_platform.training.step import TrainingStep, make_optimizer, seed_everything
 from pose_models.losses import P2NetLoss
 from search_spaces.discrete import DiscreteSpace
@@ -35,7 +36,7 @@ def discrete_space(sc: DiscreteSearchConfig) -> DiscreteSpace:
     return DiscreteSpace(num_sub_policies=sc.sub_policies, ops_per_sub_policy=sc.ops_per_sub_policy)
 
 
-def policy_from_trial_config(config: dict, space: DiscreteSpace) -> Policy:
+def policy_from_trial_config(config: dict, space: DiscreteSpace | None) -> Policy:
     if "policy_json" in config:
         return Policy.from_json(config["policy_json"], source="trial config")
     return space.to_policy(space.from_config(config))
@@ -46,11 +47,11 @@ def child_trainable(config: dict, settings: dict) -> None:
 
     cfg = ExperimentConfig.model_validate(settings["cfg"])
     space = DiscreteSpace(**settings["space"]) if settings.get("space") else None
-    child_steps = int(settings["child_steps"])
     limit_threads(cfg)
     device = trial_device(cfg)
     seed_everything(cfg.seed)
-    train_ds = TopDownDataset(settings["search_train"], settings["images"], input_size=cfg.data.input_size)
+    train_ds = TopDownDataset(settings["train_annotations"], settings["train_images"], input_size=cfg.data.input_size)
+    child_steps = int(settings.get("child_steps") or cfg.train.epochs * len(epoch_loader(train_ds, cfg, 0)))
     model = build_model(cfg, train_ds.num_joints).to(device)
     optimizer = make_optimizer(model, cfg.train)
     state = {"step": 0, "consumed": 0, "wall": 0.0, "schedule": []}
@@ -61,7 +62,8 @@ def child_trainable(config: dict, settings: dict) -> None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = json.loads(saved["state_json"])
-    policy = policy_from_trial_config(config, space)  # after a PBT explore the config holds the new policy
+    # after a PBT explore the config holds the new policy; final trainings carry {"method", "policy_json"}
+    policy = policy_from_trial_config(config.get("final", config), space)
     clock = TrialClock(gpus=cfg.search.gpus_per_trial if device.type == "cuda" else 0,
                        cpus=cfg.search.cpus_per_trial, previous_wall=state["wall"])
     augment = device_augment(cfg, policy, train_ds.flip_pairs, device, seed=cfg.seed * 7 + state["step"])
@@ -69,13 +71,14 @@ def child_trainable(config: dict, settings: dict) -> None:
                            cfg.data.input_size, device, augment)
     step_fn.step = state["step"]
     stream = BatchStream(train_ds, cfg, state["consumed"])
-    every = max(1, child_steps // EVALS_PER_CHILD)
+    every = max(1, child_steps // int(settings.get("evals", EVALS_PER_CHILD)))
     while state["step"] < child_steps:
         metrics = step_fn(next(stream))
         state["step"] = step_fn.step
         if state["step"] % every and state["step"] != child_steps:
             continue
-        coco = evaluate_model(model, Path(settings["search_val"]), Path(settings["images"]), cfg.data.input_size,
+        coco = evaluate_model(model, Path(settings["eval_annotations"]), Path(settings["eval_images"]),
+                              cfg.data.input_size,
                               device, flip_test=cfg.train.flip_test, decoder=cfg.train.decoder,
                               batch_size=cfg.train.eval_batch_size)
         state["schedule"].append({"step": state["step"], "policy": policy.to_dict()})
@@ -152,9 +155,10 @@ def make_pba_job(cfg: ExperimentConfig, data):
     space = discrete_space(sc)
     sizes = space.decisions_per_op()
     mutations = {name: list(range(sizes[i % 3])) for i, name in enumerate(space.param_names())}
+    random.seed(cfg.seed)  # PBT explores with Python's global `random`
     pbt = PopulationBasedTraining(time_attr="training_iteration", metric="val_ap", mode="max",
                                   perturbation_interval=1, hyperparam_mutations=mutations,
-                                  resample_probability=0.2, quantile_fraction=0.25, seed=cfg.seed)
+                                  resample_probability=0.2, quantile_fraction=0.25)
     rng = torch.Generator().manual_seed(cfg.seed)
     start = {name: tune.sample_from(_seeded_choice(len(choices), rng)) for name, choices in mutations.items()}
 
@@ -171,6 +175,7 @@ def make_pba_job(cfg: ExperimentConfig, data):
                      "time_budget_s": sc.time_budget_s},
         search_params=_search_params(cfg, sc, scheduler="PopulationBasedTraining"),
         artifacts=artifacts,
+        keep_checkpoints=None,
     )
 
 

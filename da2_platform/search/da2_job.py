@@ -77,8 +77,8 @@ def da2_trainable(config: dict, settings: dict) -> None:
     limit_threads(cfg)
     device = trial_device(cfg)
     seed_everything(cfg.seed)
-    train_ds = TopDownDataset(settings["search_train"], settings["images"], input_size=cfg.data.input_size)
-    val_ds = TopDownDataset(settings["search_val"], settings["images"], input_size=cfg.data.input_size)
+    train_ds = TopDownDataset(settings["train_annotations"], settings["train_images"], input_size=cfg.data.input_size)
+    val_ds = TopDownDataset(settings["eval_annotations"], settings["eval_images"], input_size=cfg.data.input_size)
     model = build_model(cfg, train_ds.num_joints).to(device)
     policy = RelaxedPolicy(op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed), train_ds.flip_pairs,
                            tau1=sc.tau1, tau2=sc.tau2, hard=sc.hard_choice).to(device)
@@ -121,7 +121,7 @@ def da2_trainable(config: dict, settings: dict) -> None:
             state.update(train_consumed=train_stream.consumed, val_consumed=val_stream.consumed, wall=clock.wall())
             metrics = {"step": state["step"], "train_loss": stats.train_loss, **clock.report()}
             if last:
-                coco = evaluate_model(model, Path(settings["search_val"]), Path(settings["images"]),
+                coco = evaluate_model(model, Path(settings["eval_annotations"]), Path(settings["eval_images"]),
                                       cfg.data.input_size, device, flip_test=cfg.train.flip_test,
                                       decoder=cfg.train.decoder, batch_size=cfg.train.eval_batch_size)
                 learned = policy.to_policy({"method": "da2", "seed": cfg.seed, "steps": state["step"]})

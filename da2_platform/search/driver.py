@@ -49,12 +49,14 @@ class TuneJob:
     tune_config: dict  # kwargs of ray.tune.TuneConfig (search_alg, scheduler, num_samples, ...)
     search_params: dict  # logged as MLflow params
     artifacts: Callable[[list[dict]], dict[str, bytes]] | None = None  # extra files from the trials' results
+    keep_checkpoints: int | None = 2  # per trial; None keeps all (PBT exploits older checkpoints)
 
 
 def trial_settings(cfg: ExperimentConfig, data: ExperimentData) -> dict:
     """The part of a trial's input that is the same for every trial (passed with tune.with_parameters)."""
-    return {"cfg": cfg.model_dump(mode="json"), "search_train": str(data.search_train_annotations),
-            "search_val": str(data.search_val_annotations), "images": str(data.train_images)}
+    return {"cfg": cfg.model_dump(mode="json"),
+            "train_annotations": str(data.search_train_annotations), "train_images": str(data.train_images),
+            "eval_annotations": str(data.search_val_annotations), "eval_images": str(data.train_images)}
 
 
 def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[ExperimentConfig, ExperimentData], TuneJob],
@@ -89,10 +91,14 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
             param_space=job.param_space,
             tune_config=tune.TuneConfig(**job.tune_config),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=job.keep_checkpoints)),
         )
     grid = tuner.fit()
     wall = time.perf_counter() - start
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    if unfinished:  # interrupted (Ctrl+C, a lost driver): record and register nothing, Tune's state is saved
+        raise Da2Error(f"{method} search {cfg.name!r} was interrupted with {unfinished} unfinished trial(s); "
+                       f"nothing was registered. Continue it with: da2 search --method {method} --resume")
     results = [_result_record(r) for r in grid]
     return record_search(cfg, method, results, job, wall, experiment_id, register)
 
@@ -108,11 +114,10 @@ def record_search(cfg: ExperimentConfig, method: str, results: list[dict], job: 
     """Ledger rows, the MLflow runs and (when every trial finished) the registered policy."""
     import mlflow
 
-    rows = [_ledger_row(cfg, method, r) for r in results]
+    rows = [ledger_row(cfg, method, r) for r in results]
     done = [(row, r) for row, r in zip(rows, results) if row.status != "failed" and r["metrics"].get("policy_json")]
     if not done:
         errors = "; ".join(r["error"] or "no result" for r in results)[:2000]
-        CostLedger.for_experiment(cfg.workdir, cfg.name).append(rows)
         raise Da2Error(f"{method} search {cfg.name!r}: no trial finished ({errors})")
     best_row, best = max(done, key=lambda pair: pair[0].val_ap)
     policy = Policy.from_json(best["metrics"]["policy_json"], source=f"{method} trial {best_row.trial_id}")
@@ -144,7 +149,7 @@ def record_search(cfg: ExperimentConfig, method: str, results: list[dict], job: 
     return SearchOutcome(method, cfg.name, run.info.run_id, policy, best_row.val_ap, total_dev, wall, rows, version)
 
 
-def _ledger_row(cfg: ExperimentConfig, method: str, r: dict) -> LedgerRow:
+def ledger_row(cfg: ExperimentConfig, method: str, r: dict) -> LedgerRow:
     m = r["metrics"]
     status = "failed" if r["error"] else ("completed" if m.get("complete") else "stopped")
     start = m.get("trial_start")

@@ -57,6 +57,12 @@ def train_worker(config: dict) -> None:
     def report_epoch(f: Fit) -> None:
         metrics = {"epoch": f.state.epoch, "step": f.state.step, "loss": f.state.history[-1]["loss"],
                    "device_seconds": f.state.device_seconds * world}
+        if rank == 0 and f.state.epoch == cfg.train.epochs:  # the last epoch's report carries the val AP
+            net = model.module if hasattr(model, "module") else model
+            coco = evaluate_model(net, Path(config["val_annotations"]), Path(config["val_images"]),
+                                  cfg.data.input_size, device, flip_test=cfg.train.flip_test,
+                                  decoder=cfg.train.decoder, batch_size=cfg.train.eval_batch_size)
+            metrics.update({f"val_{k}": v for k, v in coco.items()})
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 f.save(Path(tmp) / CHECKPOINT_FILE)
@@ -65,14 +71,6 @@ def train_worker(config: dict) -> None:
                 ray.train.report(metrics)
 
     fit.run(on_epoch_end=report_epoch)
-    final = {"epoch": fit.state.epoch, "step": fit.state.step, "device_seconds": fit.state.device_seconds * world}
-    if rank == 0:
-        net = model.module if hasattr(model, "module") else model
-        coco = evaluate_model(net, Path(config["val_annotations"]), Path(config["val_images"]), cfg.data.input_size,
-                              device, flip_test=cfg.train.flip_test, decoder=cfg.train.decoder,
-                              batch_size=cfg.train.eval_batch_size)
-        final.update({f"val_{k}": v for k, v in coco.items()})
-    ray.train.report(final)
 
 
 def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = False, fresh: bool = False,
