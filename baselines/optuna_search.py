@@ -1,0 +1,42 @@
+"""TPE over the discrete pose space through Ray Tune's OptunaSearch, with ASHA stopping weak children early.
+
+The decision domains travel in the Tuner's param_space, so constants for the children can sit beside them:
+
+    space = DiscreteSpace()
+    Tuner(trainable, param_space={**optuna_param_space(space), "epochs": 4},
+          tune_config=TuneConfig(search_alg=make_optuna_search(space, seed=0), scheduler=make_asha(max_t=4)))
+
+Children receive the decision keys only and rebuild the policy: space.to_policy(space.from_config(config)).
+Metric and mode live in the searcher and the scheduler; do not pass them to TuneConfig as well.
+"""
+
+from __future__ import annotations
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from search_spaces.discrete import DiscreteSpace
+
+
+def optuna_param_space(space: DiscreteSpace) -> dict:
+    """{decision name: tune.choice(range(choices))} in the space's flat order, for Tuner(param_space=...)."""
+    choices_per_kind = space.decisions_per_op()
+    return {name: tune.choice(list(range(choices_per_kind[index % 3])))
+            for index, name in enumerate(space.param_names())}
+
+
+def make_optuna_search(space: DiscreteSpace, seed: int, metric: str = "val_ap", mode: str = "max") -> OptunaSearch:
+    """OptunaSearch with a seeded TPE sampler; the domains come from `optuna_param_space(space)` in the Tuner."""
+    import optuna  # imported here: only this builder needs optuna's own classes
+
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    study_name = f"discrete-{space.num_sub_policies}x{space.ops_per_sub_policy}-{len(space.op_names)}ops"
+    return OptunaSearch(metric=metric, mode=mode, sampler=sampler, study_name=study_name)
+
+
+def make_asha(metric: str = "val_ap", mode: str = "max", max_t: int = 10, grace_period: int = 1,
+              reduction_factor: int = 2) -> ASHAScheduler:
+    """ASHA on training_iteration (one report per child epoch): rungs at grace_period * reduction_factor^k."""
+    return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
+                         grace_period=grace_period, reduction_factor=reduction_factor)
