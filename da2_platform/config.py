@@ -33,6 +33,7 @@ class DataConfig(_Section):
     val_annotations: Path | None = None
     val_images: Path | None = None
     input_size: tuple[int, int] = (64, 48)  # (H, W)
+    heatmap_sigma: float | None = Field(None, gt=0)  # None: 2 px at a 64x48 heatmap, scaled with its width
     search_val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # carved out of train for search scoring
     loader_workers: int = Field(0, ge=0)
 
@@ -87,6 +88,7 @@ class TrainConfig(_Section):
     channels_last: bool = True
     decoder: Literal["standard", "dark"] = "dark"
     flip_test: bool = True
+    flip_shift: bool = True  # shift flipped-back heatmaps 1 px (the mirrored crop lands 0.75 heatmap px off)
     augment_on: Literal["device", "loader"] = "device"  # torch compiler after cropping, or albumentations in workers
     workers: int = Field(1, ge=1)  # Ray Train workers (one per GPU on a cluster)
     cpus_per_worker: int = Field(1, ge=1)

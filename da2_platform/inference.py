@@ -14,25 +14,26 @@ from da2_platform.evaluation import evaluate_keypoints
 
 
 @torch.no_grad()
-def predict_heatmaps(model: torch.nn.Module, images: torch.Tensor, flip_pairs, flip_test: bool) -> torch.Tensor:
+def predict_heatmaps(model: torch.nn.Module, images: torch.Tensor, flip_pairs, flip_test: bool,
+                     flip_shift: bool = True) -> torch.Tensor:
     """Refined heatmaps; with flip test, the average of the original and the flipped-back mirrored pass."""
     heatmaps = model(images).heatmaps.float()
     if flip_test:
         flipped = model(torch.flip(images, dims=[3])).heatmaps.float()
-        heatmaps = (heatmaps + flip_heatmaps_back(flipped, flip_pairs)) / 2
+        heatmaps = (heatmaps + flip_heatmaps_back(flipped, flip_pairs, shift=flip_shift)) / 2
     return heatmaps
 
 
 @torch.no_grad()
 def predict_dataset(model: torch.nn.Module, dataset: TopDownDataset, device: torch.device, batch_size: int = 32,
-                    flip_test: bool = True, decoder: str = "dark") -> list[dict]:
+                    flip_test: bool = True, decoder: str = "dark", flip_shift: bool = True) -> list[dict]:
     """COCO keypoint results for every crop of `dataset` (GT or detector boxes)."""
     model.eval().to(device)
     results: list[dict] = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     for samples in loader:
         images = samples["image"].to(device)
-        heatmaps = predict_heatmaps(model, images, dataset.flip_pairs, flip_test)
+        heatmaps = predict_heatmaps(model, images, dataset.flip_pairs, flip_test, flip_shift)
         coords, scores = decode_heatmaps(heatmaps.cpu(), method=decoder)
         points = heatmap_to_image_coords(coords, samples["center"].numpy(), samples["scale"].numpy(),
                                          tuple(heatmaps.shape[-2:]))

@@ -34,12 +34,12 @@ def code_version() -> str:
 
 
 def _client(tracking_uri: str | None = None):
-    import mlflow
     from mlflow import MlflowClient
 
+    from da2_platform.tracking import point_mlflow_at
+
     if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+        point_mlflow_at(tracking_uri)
     return MlflowClient()
 
 

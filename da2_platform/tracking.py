@@ -47,14 +47,27 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
                             "(use sqlite:///path/mlflow.db or http://host:port)")
 
 
+def point_mlflow_at(uri: str) -> None:
+    """Make `uri` this process's MLflow store without overwriting the user's MLFLOW_TRACKING_URI (mlflow's
+    setter exports it for subprocesses, which would make one command's store the next command's default)."""
+    import mlflow
+
+    user_value = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if user_value is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_value
+
+
 def setup_tracking(cfg: ExperimentConfig, override: str | None = None) -> str:
     """Point mlflow at the store, create the experiment with an explicit artifact location; return its id."""
     import mlflow
 
     uri = resolve_tracking_uri(cfg, override)
     check_tracking(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    point_mlflow_at(uri)
     name = cfg.tracking.experiment or cfg.name
     try:
         existing = mlflow.get_experiment_by_name(name)

@@ -25,7 +25,7 @@ def demo(
 
     from da2_platform.compare import run_compare
     from da2_platform.config import load_config
-    from da2_platform.data.roundtrip import roundtrip_ap
+    from da2_platform.data.roundtrip import codec_roundtrip
     from da2_platform.data.splits import prepare_data
     from da2_platform.policies import resolve_policy
     from da2_platform.registry import promote, register_trained_model
@@ -40,9 +40,10 @@ def demo(
     setup_tracking(cfg)
     step("data", f"SynthPose {cfg.data.synth_train} train / {cfg.data.synth_val} val images under {cfg.workdir}")
     data = prepare_data(cfg)
-    codec = roundtrip_ap(data.val_annotations, data.val_images, cfg.data.input_size)
-    console.print(f"  codec round-trip AP at {cfg.data.input_size}: standard {codec['standard']:.3f}, "
-                  f"DARK {codec['dark']:.3f}")
+    codec = codec_roundtrip(data.val_annotations, data.val_images, cfg.data.input_size)
+    console.print(f"  codec round-trip on val at {cfg.data.input_size}: AP standard {codec.roundtrip_ap['standard']:.3f}"
+                  f", DARK {codec.roundtrip_ap['dark']:.3f}; mean joint error standard "
+                  f"{codec.mean_error_px['standard']:.2f} px, DARK {codec.mean_error_px['dark']:.2f} px")
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     step("compare", ", ".join(chosen))

@@ -68,7 +68,7 @@ def child_trainable(config: dict, settings: dict) -> None:
                        cpus=cfg.search.cpus_per_trial, previous_wall=state["wall"])
     augment = device_augment(cfg, policy, train_ds.flip_pairs, device, seed=cfg.seed * 7 + state["step"])
     step_fn = TrainingStep(model, P2NetLoss(ohkm_topk=cfg.model.ohkm_topk), optimizer, cfg.train,
-                           cfg.data.input_size, device, augment)
+                           cfg.data.input_size, device, augment, cfg.data.heatmap_sigma)
     step_fn.step = state["step"]
     stream = BatchStream(train_ds, cfg, state["consumed"])
     every = max(1, child_steps // int(settings.get("evals", EVALS_PER_CHILD)))

@@ -41,7 +41,8 @@ def make_batch_loss(loss_fn: P2NetLoss, cfg: ExperimentConfig, device: torch.dev
 
 def with_targets(samples: dict, cfg: ExperimentConfig, device: torch.device) -> PoseBatch:
     batch = batch_to_device(samples, device)
-    heatmaps, weights = render_heatmaps(batch.keypoints, batch.visible, cfg.data.input_size)
+    heatmaps, weights = render_heatmaps(batch.keypoints, batch.visible, cfg.data.input_size,
+                                        sigma=cfg.data.heatmap_sigma)
     return PoseBatch(images=batch.images, keypoints=batch.keypoints, visible=weights, heatmaps=heatmaps)
 
 
@@ -68,6 +69,71 @@ class BatchStream:
         return batch
 
 
+class DA2Search:
+    """One DA2 search (network + relaxed policy + both optimisers + data streams), steppable and resumable.
+
+    The Ray Tune trainable drives it; benchmarks call it directly with the same code."""
+
+    def __init__(self, cfg: ExperimentConfig, train_ds: TopDownDataset, val_ds: TopDownDataset,
+                 device: torch.device):
+        sc = cfg.search.da2
+        self.cfg, self.device = cfg, device
+        seed_everything(cfg.seed)
+        self.model = build_model(cfg, train_ds.num_joints).to(device)
+        self.policy = RelaxedPolicy(op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed), train_ds.flip_pairs,
+                                    tau1=sc.tau1, tau2=sc.tau2, hard=sc.hard_choice).to(device)
+        self.w_opt = make_optimizer(self.model, cfg.train)
+        self.d_opt = torch.optim.Adam(self.policy.parameters(), lr=sc.policy_lr, betas=sc.policy_betas)
+        loss = make_batch_loss(P2NetLoss(ohkm_topk=cfg.model.ohkm_topk), cfg, device)
+        self.step_fn = BilevelStep(self.model, self.policy, loss, self.w_opt, self.d_opt,
+                                   zeta=sc.zeta or cfg.train.lr, hypergradient=sc.hypergradient,
+                                   grad_clip=cfg.train.grad_clip)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.state = {"step": 0, "train_consumed": 0, "val_consumed": 0, "wall": 0.0, "curves": []}
+        self.train_stream = BatchStream(train_ds, cfg, 0)
+        self.val_stream = BatchStream(val_ds, cfg, 0, salt=10_000)
+
+    @property
+    def done(self) -> bool:
+        return self.state["step"] >= self.cfg.search.da2.steps
+
+    def step(self):
+        sc = self.cfg.search.da2
+        train = with_targets(next(self.train_stream), self.cfg, self.device)
+        update_d = self.state["step"] % sc.policy_update_every == 0
+        val = with_targets(next(self.val_stream), self.cfg, self.device) if update_d else None
+        stats = self.step_fn(train, val, self.policy.sample_noise(train.images.shape[0], self.generator))
+        self.state["step"] += 1
+        if self.state["step"] % sc.curve_every == 0 or self.state["step"] == 1:
+            self.state["curves"].append({"step": self.state["step"], **self.policy.snapshot()})
+        return stats
+
+    def learned_policy(self):
+        return self.policy.to_policy({"method": "da2", "seed": self.cfg.seed, "steps": self.state["step"]})
+
+    def curves_json(self) -> str:
+        return json.dumps({"slots": self.policy.slots, "curves": self.state["curves"]})
+
+    def save(self, path: Path, wall: float) -> None:
+        self.state.update(train_consumed=self.train_stream.consumed, val_consumed=self.val_stream.consumed,
+                          wall=wall)
+        torch.save({"model": self.model.state_dict(), "policy": self.policy.state_dict(),
+                    "w_opt": self.w_opt.state_dict(), "d_opt": self.d_opt.state_dict(),
+                    "generator": self.generator.get_state(), "state_json": json.dumps(self.state)}, path)
+
+    def load(self, path: Path) -> None:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(saved["model"])
+        self.policy.load_state_dict(saved["policy"])
+        self.w_opt.load_state_dict(saved["w_opt"])
+        self.d_opt.load_state_dict(saved["d_opt"])
+        self.generator.set_state(saved["generator"])
+        self.state = json.loads(saved["state_json"])
+        self.step_fn.step_count = self.state["step"]
+        self.train_stream.consumed = self.state["train_consumed"]
+        self.val_stream.consumed = self.state["val_consumed"]
+
+
 def da2_trainable(config: dict, settings: dict) -> None:
     """Ray Tune function trainable: config = {"seed": s}; settings carries the experiment config and data paths."""
     from ray import tune
@@ -76,63 +142,32 @@ def da2_trainable(config: dict, settings: dict) -> None:
     sc = cfg.search.da2
     limit_threads(cfg)
     device = trial_device(cfg)
-    seed_everything(cfg.seed)
     train_ds = TopDownDataset(settings["train_annotations"], settings["train_images"], input_size=cfg.data.input_size)
     val_ds = TopDownDataset(settings["eval_annotations"], settings["eval_images"], input_size=cfg.data.input_size)
-    model = build_model(cfg, train_ds.num_joints).to(device)
-    policy = RelaxedPolicy(op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed), train_ds.flip_pairs,
-                           tau1=sc.tau1, tau2=sc.tau2, hard=sc.hard_choice).to(device)
-    w_opt = make_optimizer(model, cfg.train)
-    d_opt = torch.optim.Adam(policy.parameters(), lr=sc.policy_lr, betas=sc.policy_betas)
-    step_fn = BilevelStep(model, policy, make_batch_loss(P2NetLoss(ohkm_topk=cfg.model.ohkm_topk), cfg, device),
-                          w_opt, d_opt, zeta=sc.zeta or cfg.train.lr, hypergradient=sc.hypergradient,
-                          grad_clip=cfg.train.grad_clip)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    state = {"step": 0, "train_consumed": 0, "val_consumed": 0, "wall": 0.0, "curves": [], "losses": []}
-
+    search = DA2Search(cfg, train_ds, val_ds, device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            saved = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"])
-        policy.load_state_dict(saved["policy"])
-        w_opt.load_state_dict(saved["w_opt"])
-        d_opt.load_state_dict(saved["d_opt"])
-        generator.set_state(saved["generator"])
-        state = json.loads(saved["state_json"])
-        step_fn.step_count = state["step"]
+            search.load(Path(d) / STATE_FILE)
+    resumed_from = search.state["step"]
     clock = TrialClock(gpus=cfg.search.gpus_per_trial if device.type == "cuda" else 0,
-                       cpus=cfg.search.cpus_per_trial, previous_wall=state["wall"])
-    train_stream = BatchStream(train_ds, cfg, state["train_consumed"])
-    val_stream = BatchStream(val_ds, cfg, state["val_consumed"], salt=10_000)
-
-    while state["step"] < sc.steps:
-        train = with_targets(next(train_stream), cfg, device)
-        update_d = state["step"] % sc.policy_update_every == 0
-        val = with_targets(next(val_stream), cfg, device) if update_d else None
-        noise = policy.sample_noise(train.images.shape[0], generator)
-        stats = step_fn(train, val, noise)
-        state["step"] += 1
-        state["losses"].append(stats.train_loss)
-        if state["step"] % sc.curve_every == 0 or state["step"] == 1:
-            state["curves"].append({"step": state["step"], **policy.snapshot()})
-        last = state["step"] == sc.steps
-        if state["step"] % sc.checkpoint_every == 0 or last:
-            state.update(train_consumed=train_stream.consumed, val_consumed=val_stream.consumed, wall=clock.wall())
-            metrics = {"step": state["step"], "train_loss": stats.train_loss, **clock.report()}
-            if last:
-                coco = evaluate_model(model, Path(settings["eval_annotations"]), Path(settings["eval_images"]),
-                                      cfg.data.input_size, device, flip_test=cfg.train.flip_test,
-                                      decoder=cfg.train.decoder, batch_size=cfg.train.eval_batch_size)
-                learned = policy.to_policy({"method": "da2", "seed": cfg.seed, "steps": state["step"]})
-                metrics.update(clock.report())  # evaluation time counts too
-                metrics.update(val_ap=coco["AP"], policy_json=learned.to_json(), complete=True,
-                               curves_json=json.dumps({"slots": policy.slots, "curves": state["curves"]}))
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save({"model": model.state_dict(), "policy": policy.state_dict(), "w_opt": w_opt.state_dict(),
-                            "d_opt": d_opt.state_dict(), "generator": generator.get_state(),
-                            "state_json": json.dumps(state)}, Path(tmp) / STATE_FILE)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+                       cpus=cfg.search.cpus_per_trial, previous_wall=search.state["wall"])
+    while not search.done:
+        stats = search.step()
+        step = search.state["step"]
+        if step % sc.checkpoint_every and not search.done:
+            continue
+        metrics = {"step": step, "train_loss": stats.train_loss, "resumed_from_step": resumed_from}
+        if search.done:
+            coco = evaluate_model(search.model, Path(settings["eval_annotations"]), Path(settings["eval_images"]),
+                                  cfg.data.input_size, device, flip_test=cfg.train.flip_test,
+                                  decoder=cfg.train.decoder, batch_size=cfg.train.eval_batch_size)
+            metrics.update(val_ap=coco["AP"], policy_json=search.learned_policy().to_json(), complete=True,
+                           curves_json=search.curves_json())
+        metrics.update(clock.report())  # evaluation time counts too
+        with tempfile.TemporaryDirectory() as tmp:
+            search.save(Path(tmp) / STATE_FILE, clock.wall())
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def make_da2_job(cfg: ExperimentConfig, data) -> "TuneJob":

@@ -17,7 +17,10 @@ from da2_platform.config import ExperimentConfig
 from da2_platform.data.splits import ExperimentData, prepare_data
 from da2_platform.errors import Da2Error
 from da2_platform.ledger import CostLedger, LedgerRow, utc_now
+from da2_platform.files import write_json_atomic
 from search_spaces.policy import Policy
+
+RECORDED_FILE = "da2_recorded.json"  # written beside Tune's state once a search is logged and registered
 
 
 @dataclass
@@ -31,6 +34,15 @@ class SearchOutcome:
     wall_seconds: float
     trials: list[LedgerRow] = field(default_factory=list)
     registered_version: str | None = None
+
+    def to_record(self) -> dict:
+        return {**self.summary(), "policy_json": self.best_policy.to_json(), "wall_seconds": self.wall_seconds}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "SearchOutcome":
+        return cls(record["method"], record["experiment"], record["mlflow_run_id"],
+                   Policy.from_json(record["policy_json"]), record["best_val_ap"], record["device_seconds"],
+                   record["wall_seconds"], [], record["registered_version"])
 
     def summary(self) -> dict:
         return {"method": self.method, "experiment": self.experiment, "mlflow_run_id": self.run_id,
@@ -76,6 +88,9 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
     path = storage / name
     trainable = tune.with_resources(job.trainable, trial_resources(cfg))
     start = time.perf_counter()
+    recorded = path / RECORDED_FILE
+    if resume and recorded.is_file():  # finished and recorded before: resuming again must not record twice
+        return SearchOutcome.from_record(json.loads(recorded.read_text()))
     if resume:
         if not tune.Tuner.can_restore(str(path)):
             raise Da2Error(f"--resume: no {method} search to restore at {path}")
@@ -100,7 +115,9 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
         raise Da2Error(f"{method} search {cfg.name!r} was interrupted with {unfinished} unfinished trial(s); "
                        f"nothing was registered. Continue it with: da2 search --method {method} --resume")
     results = [_result_record(r) for r in grid]
-    return record_search(cfg, method, results, job, wall, experiment_id, register)
+    outcome = record_search(cfg, method, results, job, wall, experiment_id, register)
+    write_json_atomic(recorded, outcome.to_record())
+    return outcome
 
 
 def _result_record(result: Any) -> dict:

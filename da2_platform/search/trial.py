@@ -27,8 +27,9 @@ class TrialClock:
         return self.previous_wall + time.perf_counter() - self.started
 
     def report(self) -> dict:
-        kind, held, dev = device_seconds(self.wall(), self.gpus, self.cpus)
-        return {"wall_seconds": self.wall(), "device_kind": kind, "devices_held": held, "device_seconds": dev,
+        wall = self.wall()
+        kind, held, dev = device_seconds(wall, self.gpus, self.cpus)
+        return {"wall_seconds": wall, "device_kind": kind, "devices_held": held, "device_seconds": dev,
                 "trial_start": self.start_time}
 
 

@@ -114,7 +114,7 @@ class Fit:
                 # albumentations in the loader workers, seeded per epoch like the device path
                 self.dataset.transform = self.policy.to_albumentations(self.dataset.flip_pairs, seed=aug_seed)
             step_fn = TrainingStep(self.model, self.loss_fn, self.optimizer, cfg.train, cfg.data.input_size,
-                                   self.device, augment)
+                                   self.device, augment, cfg.data.heatmap_sigma)
             step_fn.step = self.state.step
             loader = epoch_loader(self.dataset, cfg, epoch, self.rank, self.world)
             limit = cfg.train.max_steps_per_epoch or len(loader)

@@ -75,15 +75,12 @@ def train_worker(config: dict) -> None:
 
 def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = False, fresh: bool = False,
                  run_name: str | None = None) -> TrainOutcome:
-    """Launch the TorchTrainer and wait; returns the final metrics and a local copy of the last checkpoint."""
+    """Launch the TorchTrainer and wait; returns the final metrics and the path of the last checkpoint."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from da2_platform.raycluster import cluster_has_gpus, ensure_ray
 
-    data = prepare_data(cfg)
-    ensure_ray()
-    use_gpu = cluster_has_gpus() if cfg.train.use_gpu is None else cfg.train.use_gpu
     storage = (cfg.workdir / "ray_results").resolve()
     run_name = run_name or f"train-{cfg.name}"
     run_dir = storage / run_name
@@ -96,6 +93,9 @@ def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = 
         latest = None
     if resume and latest is None:
         raise TrainingError(f"--resume: no checkpoint of run {run_name!r} under {storage}")
+    data = prepare_data(cfg)
+    ensure_ray()
+    use_gpu = cluster_has_gpus() if cfg.train.use_gpu is None else cfg.train.use_gpu
     per_worker = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     devices_held = 1.0 if use_gpu else float(cfg.train.cpus_per_worker)
     trainer = TorchTrainer(

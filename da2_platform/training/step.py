@@ -7,7 +7,6 @@ so device-seconds and AP compare like with like.
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -49,12 +48,12 @@ def batch_to_device(samples: dict, device: torch.device) -> PoseBatch:
     )
 
 
-def targets_for(batch: PoseBatch, input_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def targets_for(batch: PoseBatch, input_size: tuple[int, int],
+                sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Heatmap targets: carried through the augmentation (DA2 warps them) or rendered from the keypoints."""
     if batch.heatmaps is not None:
-        weights = batch.visible
-        return batch.heatmaps, weights
-    return render_heatmaps(batch.keypoints, batch.visible, input_size)
+        return batch.heatmaps, batch.visible
+    return render_heatmaps(batch.keypoints, batch.visible, input_size, sigma=sigma)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -96,9 +95,10 @@ class TrainingStep:
     """One optimisation step of P2Net on one batch, with an optional on-device augmentation."""
 
     def __init__(self, model: nn.Module, loss_fn: P2NetLoss, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                 input_size: tuple[int, int], device: torch.device, augment: Augment | None = None):
+                 input_size: tuple[int, int], device: torch.device, augment: Augment | None = None,
+                 sigma: float | None = None):
         self.model, self.loss_fn, self.optimizer, self.cfg = model, loss_fn, optimizer, cfg
-        self.input_size, self.device, self.augment = input_size, device, augment
+        self.input_size, self.device, self.augment, self.sigma = input_size, device, augment, sigma
         self.step = 0
 
     def __call__(self, samples: dict | PoseBatch) -> StepMetrics:
@@ -107,7 +107,7 @@ class TrainingStep:
         if self.augment is not None:
             with torch.no_grad():
                 batch = self.augment(batch)
-        heatmaps, weights = targets_for(batch, self.input_size)
+        heatmaps, weights = targets_for(batch, self.input_size, self.sigma)
         images = batch.images
         if self.cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -134,10 +134,3 @@ def _float_output(output):
 
     return P2NetOutput(heatmaps=output.heatmaps.float(), stage_heatmaps=[h.float() for h in output.stage_heatmaps])
 
-
-def lr_of(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])
-
-
-def is_finite_number(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

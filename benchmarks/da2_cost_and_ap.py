@@ -1,0 +1,106 @@
+"""DA2 on SynthPose at the CPU demo size: (a) what a DA2 search costs against plain training of the same number
+of steps, per hypergradient mode and update interval; (b) val AP of fresh models trained with the learned
+policy, with `none` and with `standard-pose` on the same recipe. Writes benchmarks/results/da2_cost_and_ap.json.
+
+    .venv/bin/python benchmarks/da2_cost_and_ap.py [--cost-steps 30] [--search-steps 300] [--train-steps 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from da2_platform.config import load_config
+from da2_platform.data.splits import prepare_data
+from da2_platform.data.topdown import TopDownDataset
+from da2_platform.files import write_json_atomic
+from da2_platform.inference import evaluate_model
+from da2_platform.search.da2_job import BatchStream, DA2Search
+from da2_platform.training.loop import build_model, device_augment
+from da2_platform.training.step import TrainingStep, make_optimizer, seed_everything
+from pose_models.losses import P2NetLoss
+from search_spaces.fixed import fixed_policy
+
+
+def plain_training(cfg, dataset, policy, steps: int) -> tuple[torch.nn.Module, float]:
+    """The shared recipe for `steps` steps; returns the model and the seconds spent in steps."""
+    seed_everything(cfg.seed)
+    model = build_model(cfg, dataset.num_joints)
+    step = TrainingStep(model, P2NetLoss(ohkm_topk=cfg.model.ohkm_topk), make_optimizer(model, cfg.train), cfg.train,
+                        cfg.data.input_size, torch.device("cpu"),
+                        device_augment(cfg, policy, dataset.flip_pairs, torch.device("cpu"), cfg.seed),
+                        cfg.data.heatmap_sigma)
+    stream, seconds = BatchStream(dataset, cfg), 0.0
+    for _ in range(steps):
+        batch = next(stream)
+        t = time.perf_counter()
+        step(batch)
+        seconds += time.perf_counter() - t
+    return model, seconds
+
+
+def da2_search(cfg, train, val, **da2) -> tuple[DA2Search, float]:
+    cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={
+        "da2": cfg.search.da2.model_copy(update=da2)})})
+    search, seconds = DA2Search(cfg, train, val, torch.device("cpu")), 0.0
+    while not search.done:
+        t = time.perf_counter()
+        search.step()
+        seconds += time.perf_counter() - t
+    return search, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--cost-steps", type=int, default=30)
+    parser.add_argument("--search-steps", type=int, default=300)
+    parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", nargs="*", default=[], help="dotted config overrides key=value (YAML values)")
+    parser.add_argument("--out", default="benchmarks/results/da2_cost_and_ap.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    cfg = load_config(args.config, {"workdir": "work/bench-da2", **overrides})
+    data = prepare_data(cfg)
+    size = cfg.data.input_size
+    search_train = TopDownDataset(data.search_train_annotations, data.train_images, input_size=size)
+    search_val = TopDownDataset(data.search_val_annotations, data.train_images, input_size=size)
+    full_train = TopDownDataset(data.full_train_annotations, data.train_images, input_size=size)
+    result: dict = {"config": args.config, "overrides": overrides, "input_size": list(size),
+                    "batch_size": cfg.train.batch_size, "threads": args.threads, "cost": {}, "ap": {}}
+
+    # (a) cost ratios, measured on the same number of steps
+    _, plain_seconds = plain_training(cfg, search_train, None, args.cost_steps)
+    result["cost"]["plain_seconds"] = plain_seconds
+    for mode, every in (("central", 1), ("central", 3), ("forward", 1), ("forward", 3)):
+        _, seconds = da2_search(cfg, search_train, search_val, steps=args.cost_steps, hypergradient=mode,
+                                policy_update_every=every)
+        result["cost"][f"{mode}_every{every}"] = {"seconds": seconds, "ratio_to_plain": seconds / plain_seconds}
+        print(json.dumps({mode: every, "ratio": seconds / plain_seconds}), flush=True)
+
+    # (b) AP: the learned policy against none and standard-pose, fresh models on the same recipe, val split
+    t = time.perf_counter()
+    search, search_seconds = da2_search(cfg, search_train, search_val, steps=args.search_steps)
+    learned = search.learned_policy()
+    result["search"] = {"steps": args.search_steps, "seconds": search_seconds, "wall": time.perf_counter() - t,
+                        "policy": learned.to_dict(), "top5": learned.top(5).to_dict()}
+    for name, policy in (("learned-da2", learned), ("none", None), ("standard-pose", fixed_policy("standard-pose"))):
+        model, seconds = plain_training(cfg, full_train, policy, args.train_steps)
+        coco = evaluate_model(model, data.val_annotations, data.val_images, size, torch.device("cpu"),
+                              flip_test=cfg.train.flip_test, decoder=cfg.train.decoder)
+        result["ap"][name] = {"val_AP": coco["AP"], "val_AR": coco["AR"], "train_seconds": seconds,
+                              "steps": args.train_steps}
+        print(json.dumps({name: result["ap"][name]}), flush=True)
+    write_json_atomic(Path(args.out), result)
+    print(json.dumps(result["cost"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

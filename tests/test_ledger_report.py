@@ -1,0 +1,86 @@
+"""The cost ledger (Parquet) and the report computed from it, checked against hand-computed figures."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from da2_platform.cli.main import main
+from da2_platform.errors import DataError
+from da2_platform.ledger import SCHEMA, CostLedger, LedgerRow, device_seconds
+from da2_platform.report import build_report
+
+
+def row(method: str, trial: str, hours: float, ap: float, end: str, status: str = "completed") -> LedgerRow:
+    seconds = hours * 3600
+    return LedgerRow(experiment="hand", method=method, trial_id=trial, policy_json="{}", device_kind="gpu",
+                     devices_held=1.0, wall_seconds=seconds, device_seconds=seconds, val_ap=ap, status=status,
+                     start_time=end, end_time=end)
+
+
+HAND_LEDGER = [
+    row("da2", "d0", 0.5, 0.60, "2026-01-01T00:30:00"),
+    row("rl", "r0", 2.0, 0.50, "2026-01-01T01:00:00"),
+    row("rl", "r1", 2.0, 0.58, "2026-01-01T02:00:00"),
+    row("rl", "r2", 2.0, 0.62, "2026-01-01T03:00:00"),
+    row("rl", "r3", 2.0, 0.40, "2026-01-01T04:00:00", status="failed"),
+    row("optuna", "o0", 1.0, 0.55, "2026-01-01T01:00:00"),
+    row("optuna", "o1", 0.5, 0.557, "2026-01-01T02:00:00", status="stopped"),
+    row("optuna", "o2", 1.0, 0.559, "2026-01-01T03:00:00"),
+    row("final:da2", "f0", 3.0, 0.70, "2026-01-02T00:00:00"),
+    row("final:rl", "f1", 3.0, 0.69, "2026-01-02T00:00:00"),
+]
+
+
+def test_ledger_round_trip_and_device_seconds(tmp_path):
+    ledger = CostLedger(tmp_path / "ledger" / "hand.parquet")
+    ledger.append(HAND_LEDGER[:3])
+    ledger.append(HAND_LEDGER[3:])
+    rows = ledger.rows()
+    assert rows == HAND_LEDGER
+    table = pq.read_table(ledger.path)
+    assert table.schema.equals(SCHEMA)
+    assert sum(table.column("device_seconds").to_pylist()) == pytest.approx(sum(r.device_seconds for r in rows))
+    assert not list(ledger.path.parent.glob(".*tmp"))  # atomic writes leave no temp files behind
+    assert device_seconds(100.0, gpus=2, cpus=8) == ("gpu", 2.0, 200.0)
+    assert device_seconds(100.0, gpus=0, cpus=3) == ("cpu", 3.0, 300.0)
+
+
+def test_ledger_rejects_bad_rows_and_files(tmp_path):
+    with pytest.raises(ValueError, match="status"):
+        row("da2", "x", 1.0, 0.5, "t", status="weird")
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(DataError, match="bad.parquet: not a readable Parquet ledger"):
+        CostLedger(bad).rows()
+
+
+def test_report_matches_hand_computed_table():
+    report = build_report(HAND_LEDGER, "hand")
+    by = {m.method: m for m in report.methods}
+    assert [m.method for m in report.methods] == ["da2", "rl", "optuna"]
+    # rl: failed r3 excluded; 6 device-hours; best 0.62; near-best (>= 0.615) first reached at 6 h
+    assert by["rl"].trials == 3 and by["rl"].search_device_hours == pytest.approx(6.0)
+    assert by["rl"].best_val_ap == pytest.approx(0.62) and by["rl"].final_ap == pytest.approx(0.69)
+    assert by["rl"].device_hours_to_near_best == pytest.approx(6.0)
+    assert by["rl"].ratio_to_da2 == pytest.approx(12.0)
+    # optuna: a stopped child still counts; best 0.559, near-best (>= 0.554) first at 1.5 h
+    assert by["optuna"].search_device_hours == pytest.approx(2.5)
+    assert by["optuna"].device_hours_to_near_best == pytest.approx(1.5)
+    assert by["optuna"].final_ap is None and by["optuna"].ratio_to_da2 == pytest.approx(5.0)
+    assert by["da2"].ratio_to_da2 == pytest.approx(1.0) and by["da2"].final_ap == pytest.approx(0.70)
+    assert report.curves["rl"] == [(2.0, 0.50), (4.0, 0.58), (6.0, 0.62)]
+
+
+def test_report_command_writes_table_and_plot(tmp_path, capsys):
+    CostLedger.for_experiment(tmp_path, "hand").append(HAND_LEDGER)
+    assert main(["report", "hand", "--workdir", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [m["method"] for m in out["methods"]] == ["da2", "rl", "optuna"]
+    png = tmp_path / "reports" / "hand.png"
+    assert out["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "reports" / "hand.json").read_text())["experiment"] == "hand"
+    assert main(["report", "nothing", "--workdir", str(tmp_path)]) == 2
+    assert "no ledger for experiment 'nothing'" in capsys.readouterr().err

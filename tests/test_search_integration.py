@@ -1,0 +1,220 @@
+"""Searches on a real local Ray with real MLflow: DA2 end to end, an interrupted search and its resume against
+a real `mlflow server`, the promotion gate, and training by alias linking the trained model to its policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from da2_platform.cli.main import main
+
+pytestmark = pytest.mark.slow
+
+
+def write_config(workdir: Path, synth, **search) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "name": "itest", "seed": 0, "workdir": str(workdir),
+        "data": {"root": str(synth.root), "synth_train": 24, "synth_val": 8},
+        "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2, "eval_batch_size": 16},
+        "search": {"da2": {"sub_policies": 6, "steps": 4, "checkpoint_every": 2, "seeds": [0],
+                           **search.get("da2", {})}},
+    }
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_json(args: list[str], capsys) -> dict:
+    rc = main(args)
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err[-4000:]
+    return json.loads(captured.out)
+
+
+def client_for(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_da2_search_logs_mlflow_ledger_and_registers_a_candidate(synthpose_small, tmp_path, ray_session, capsys):
+    cfg = write_config(tmp_path / "w", synthpose_small)
+    out = run_json(["search", "--method", "da2", "--config", str(cfg), "--json"], capsys)
+    assert out["method"] == "da2" and out["registered_version"] == "1" and out["trials"] == 1
+    assert 0.0 <= out["best_val_ap"] <= 1.0 and out["device_seconds"] > 0
+    assert len(out["policy"]["sub_policies"]) == 6
+
+    uri = f"sqlite:///{(tmp_path / 'w' / 'mlflow' / 'mlflow.db').resolve()}"
+    client = client_for(uri)
+    run = client.get_run(out["mlflow_run_id"])
+    assert run.data.tags["da2.method"] == "da2"
+    assert run.data.params["tau1"] == "0.5" and run.data.params["hypergradient"] == "central"
+    assert run.data.metrics["best_val_ap"] == pytest.approx(out["best_val_ap"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "policy")}
+    assert {"policy/policy.json", "policy/policy_top.json"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "curves")} == {"curves/seed0.json",
+                                                                                 "curves/seed0.png"}
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert len(children) == 1 and children[0].data.tags["da2.status"] == "completed"
+
+    ledger = pq.read_table(tmp_path / "w" / "ledger" / "itest.parquet").to_pylist()
+    assert len(ledger) == 1
+    row = ledger[0]
+    assert row["method"] == "da2" and row["status"] == "completed" and row["steps"] == 4
+    assert row["device_kind"] == "cpu" and row["devices_held"] == 1.0
+    assert row["device_seconds"] == pytest.approx(row["wall_seconds"] * row["devices_held"])
+    assert row["search_run_id"] == run.info.run_id and json.loads(row["policy_json"])["sub_policies"]
+
+    version = client.get_model_version_by_alias("pose-aug-policy", "candidate")
+    assert str(version.version) == "1" and version.run_id == run.info.run_id
+    tags = version.tags
+    assert tags["da2.method"] == "da2" and tags["da2.experiment"] == "itest"
+    assert tags["da2.search_run_id"] == run.info.run_id and tags["da2.search_space"] == "pose-v1"
+    assert float(tags["da2.device_hours"]) == pytest.approx(out["device_seconds"] / 3600, rel=1e-3)
+    for key in ("da2.val_ap", "da2.dataset", "da2.code_version"):
+        assert tags[key]
+
+    shown = run_json(["policy", "show", "models:/pose-aug-policy@candidate", "--config", str(cfg), "--json"], capsys)
+    assert shown["policy_json"]["sub_policies"] == out["policy"]["sub_policies"]
+
+
+def test_unreachable_tracking_server_fails_before_any_compute(synthpose_small, tmp_path, capsys):
+    cfg = write_config(tmp_path / "w", synthpose_small)
+    start = time.perf_counter()
+    rc = main(["search", "--method", "da2", "--config", str(cfg), "--tracking-uri", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "http://127.0.0.1:9 is unreachable" in err
+    assert time.perf_counter() - start < 10
+    assert not (tmp_path / "w" / "ray_results").exists()
+
+
+# -- against a real `mlflow server` ---------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 (SQLite backend), stopped by PID."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "wb"), start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail(f"mlflow server did not answer on {uri}: {(root / 'server.log').read_text()[-2000:]}")
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def versions(client, name: str = "pose-aug-policy") -> list:
+    try:
+        return client.search_model_versions(f"name='{name}'")
+    except Exception:
+        return []
+
+
+def test_interrupted_search_registers_nothing_and_its_resume_registers_once(synthpose_small, tmp_path,
+                                                                             mlflow_server, capsys):
+    workdir = tmp_path / "w"
+    cfg = write_config(workdir, synthpose_small, da2={"steps": 40, "checkpoint_every": 2})
+    client = client_for(mlflow_server)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "da2_platform", "search", "--method", "da2", "--config", str(cfg), "--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trial_dir = workdir / "ray_results" / "itest-da2"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(trial_dir.glob("*/checkpoint_*")):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.5)
+    assert list(trial_dir.glob("*/checkpoint_*")), "no checkpoint appeared"
+    proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops the trial
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 2, err[-3000:]
+    assert "interrupted" in err and "--resume" in err
+    assert versions(client) == []  # a killed search leaves no version
+    assert not (workdir / "ledger" / "itest.parquet").exists()
+
+    out = run_json(["search", "--method", "da2", "--config", str(cfg), "--resume", "--json"], capsys)
+    assert out["registered_version"] == "1"
+    run = client.get_run(out["mlflow_run_id"])
+    child = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")[0]
+    assert child.data.metrics["val_ap"] == pytest.approx(out["best_val_ap"])
+    ledger = pq.read_table(workdir / "ledger" / "itest.parquet").to_pylist()
+    assert len(ledger) == 1 and ledger[0]["steps"] == 40  # continued to the end from the checkpoint
+    again = run_json(["search", "--method", "da2", "--config", str(cfg), "--resume", "--json"], capsys)
+    assert again["registered_version"] == "1"
+    assert len(versions(client)) == 1  # resuming twice still leaves exactly one version
+    assert len(pq.read_table(workdir / "ledger" / "itest.parquet")) == 1
+
+
+def test_registry_life_cycle_against_a_server(synthpose_small, tmp_path, mlflow_server, ray_session, capsys):
+    """search -> candidate -> promote (gate fails, then passes) -> train by alias -> p2net links the policy."""
+    from da2_platform.registry import tag_final_ap
+
+    workdir = tmp_path / "w"
+    cfg = write_config(workdir, synthpose_small)
+    client = client_for(mlflow_server)
+    base = ["--config", str(cfg), "--tracking-uri", mlflow_server]
+    first = run_json(["search", "--method", "da2", *base, "--json"], capsys)
+    v1 = first["registered_version"]
+    second = run_json(["search", "--method", "fixed:standard-pose", *base, "--json"], capsys)
+    v2 = second["registered_version"]
+    assert v1 != v2
+    assert str(client.get_model_version_by_alias("pose-aug-policy", "candidate").version) == v2
+
+    refused = main(["promote", v1, *base, "--json"])
+    decision = json.loads(capsys.readouterr().out)
+    assert refused == 1 and not decision["allowed"] and "no da2.final_ap" in decision["reason"]
+
+    tag_final_ap("pose-aug-policy", v1, 0.30, "test: confirmation training")
+    tag_final_ap("pose-aug-policy", v2, 0.20, "test: confirmation training")
+    assert run_json(["promote", v1, *base, "--note", "first production policy", "--json"], capsys)["allowed"]
+    assert str(client.get_model_version_by_alias("pose-aug-policy", "production").version) == v1
+    assert main(["promote", v2, *base, "--json"]) == 1  # 0.20 does not beat 0.30
+    assert "does not beat" in json.loads(capsys.readouterr().out)["reason"]
+    promoted = client.get_model_version("pose-aug-policy", v1).tags
+    assert promoted["da2.promoted_to"] == "production" and "first production policy" in promoted[
+        "da2.promotion_reason"]
+    assert promoted["da2.promoted_by"] and promoted["da2.promoted_at"]
+
+    trained = run_json(["train", *base, "--policy", "models:/pose-aug-policy@production", "--json"], capsys)
+    assert trained["policy_version"] == v1
+    model_version = client.get_model_version("p2net", trained["model_version"])
+    assert model_version.tags["da2.policy_version"] == v1
+    assert model_version.tags["da2.policy_ref"] == "models:/pose-aug-policy@production"
+    train_run = client.get_run(trained["mlflow_run_id"])
+    assert train_run.data.tags["da2.policy_version"] == v1
+    assert "val_AP" in train_run.data.metrics

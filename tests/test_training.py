@@ -1,0 +1,151 @@
+"""The shared training step and loop: learning, NaN stops, safe checkpoints, flip test, Ray Train with resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from da2_platform.config import load_config
+from da2_platform.data.topdown import TopDownDataset
+from da2_platform.errors import TrainingError
+from da2_platform.inference import predict_dataset
+from da2_platform.training.loop import Fit, build_model, load_checkpoint
+from da2_platform.training.step import TrainingStep, make_optimizer
+from pose_models.losses import P2NetLoss
+from pose_models.p2net import P2NetOutput
+
+INPUT = (64, 48)
+
+
+def small_config(tmp_path: Path, synth, **train):
+    return load_config(None, {"workdir": str(tmp_path), "data.root": str(synth.root), "data.synth_train": 24,
+                              "data.synth_val": 8, "train.batch_size": 8, **{f"train.{k}": v for k, v in train.items()}})
+
+
+def first_batch(synth, n: int = 8) -> dict:
+    ds = TopDownDataset(synth.train_annotations, synth.train_images, input_size=INPUT)
+    return torch.utils.data.default_collate([ds[i] for i in range(n)])
+
+
+def test_tiny_model_overfits_a_small_batch(synthpose_small, tmp_path):
+    cfg = small_config(tmp_path, synthpose_small, lr=3e-3, grad_clip=None)
+    model = build_model(cfg)
+    step = TrainingStep(model, P2NetLoss(), make_optimizer(model, cfg.train), cfg.train, INPUT, torch.device("cpu"))
+    samples = first_batch(synthpose_small)
+    losses = [step(samples).loss for _ in range(60)]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) / 3, (losses[:5], losses[-5:])
+
+
+def test_non_finite_loss_stops_with_a_clear_error(synthpose_small, tmp_path):
+    cfg = small_config(tmp_path, synthpose_small)
+    model = build_model(cfg)
+    step = TrainingStep(model, P2NetLoss(), make_optimizer(model, cfg.train), cfg.train, INPUT, torch.device("cpu"))
+    samples = first_batch(synthpose_small)
+    samples["image"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(TrainingError, match=r"training loss is nan at step 0"):
+        step(samples)
+
+
+def test_checkpoint_from_another_architecture_is_refused(synthpose_small, tmp_path):
+    cfg = small_config(tmp_path, synthpose_small)
+    ds = TopDownDataset(synthpose_small.train_annotations, synthpose_small.train_images, input_size=INPUT)
+    fit = Fit(cfg, build_model(cfg), ds, None, torch.device("cpu"))
+    path = fit.save(tmp_path / "ck.pt")
+    assert load_checkpoint(path, expect_config=fit.model.config)["state"]["epoch"] == 0
+    other = load_config(None, {"model.fusion_channels": 48}).model.build_kwargs(17)
+    from pose_models import build_p2net
+
+    with pytest.raises(TrainingError, match="another architecture.*fusion_channels"):
+        load_checkpoint(path, expect_config=build_p2net(**other).config)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="junk.pt: not a loadable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+class MirrorEquivariantNet(torch.nn.Module):
+    """Flip-equivariant by construction: left joints look at the left half, right joints at the mirrored half."""
+
+    def __init__(self, flip_pairs):
+        super().__init__()
+        self.flip_pairs = flip_pairs
+        self.probe = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images: torch.Tensor) -> P2NetOutput:
+        red = images[:, :1]
+        w = images.shape[-1]
+        left = torch.zeros_like(red)
+        left[..., : w // 3] = 1
+        right = left.flip(-1)
+        maps = [torch.nn.functional.avg_pool2d(red, 4)] * 17
+        for a, b in self.flip_pairs:
+            maps[a] = torch.nn.functional.avg_pool2d(red * left * (1 + 0.1 * a), 4)
+            maps[b] = torch.nn.functional.avg_pool2d(red * right * (1 + 0.1 * a), 4)
+        out = torch.cat(maps, dim=1) + self.probe
+        return P2NetOutput(heatmaps=out, stage_heatmaps=[out])
+
+
+def test_flip_test_of_a_flip_equivariant_model_changes_nothing(synthpose_small):
+    ds = TopDownDataset(synthpose_small.val_annotations, synthpose_small.val_images, input_size=INPUT)
+    net = MirrorEquivariantNet(ds.flip_pairs)
+    plain = predict_dataset(net, ds, torch.device("cpu"), flip_test=False, decoder="dark")
+    flipped = predict_dataset(net, ds, torch.device("cpu"), flip_test=True, decoder="dark", flip_shift=False)
+    assert len(plain) == len(ds) > 0
+    for a, b in zip(plain, flipped):
+        np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=1e-3)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    from da2_platform.cli.main import main
+
+    def run(args: list[str]) -> dict:
+        rc = main(args)
+        captured = capsys.readouterr()
+        assert rc == 0, captured.err[-3000:]
+        return json.loads(captured.out)
+    return run
+
+
+def _train_cfg(workdir: Path, synth, epochs: int) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "cfg.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "resume", "workdir": str(workdir),
+        "data": {"root": str(synth.root), "synth_train": 24, "synth_val": 8},
+        "train": {"epochs": epochs, "batch_size": 8, "max_steps_per_epoch": 2, "eval_batch_size": 16},
+    }))
+    return path
+
+
+@pytest.mark.slow
+def test_ray_train_one_epoch_then_resume_matches_uninterrupted(synthpose_small, tmp_path, ray_session, run_cli):
+    interrupted = tmp_path / "interrupted"
+    first = run_cli(["train", "--config", str(_train_cfg(interrupted, synthpose_small, 1)), "--policy",
+                     "fixed:standard-pose", "--no-register", "--json"])
+    assert first["epoch"] == 1 and first["step"] == 2
+    assert 0.0 <= first["val_AP"] <= 1.0  # evaluated on val with pycocotools after the (last) epoch
+    resumed = run_cli(["train", "--config", str(_train_cfg(interrupted, synthpose_small, 2)), "--policy",
+                       "fixed:standard-pose", "--resume", "--no-register", "--json"])
+    assert resumed["epoch"] == 2 and resumed["step"] == 4
+    straight = run_cli(["train", "--config", str(_train_cfg(tmp_path / "straight", synthpose_small, 2)), "--policy",
+                        "fixed:standard-pose", "--no-register", "--json"])
+    a = load_checkpoint(resumed["checkpoint"])["model"]
+    b = load_checkpoint(straight["checkpoint"])["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_train_without_resume_refuses_to_overwrite_a_run(synthpose_small, tmp_path, capsys):
+    from da2_platform.cli.main import main
+
+    workdir = tmp_path / "w"
+    (workdir / "ray_results" / "train-resume").mkdir(parents=True)
+    rc = main(["train", "--config", str(_train_cfg(workdir, synthpose_small, 1)), "--no-register"])
+    assert rc == 2
+    assert "already exists" in capsys.readouterr().err
