@@ -177,14 +177,15 @@ def tag_final_ap(name: str, version: str, final_ap: float, source: str) -> None:
 
 
 def register_trained_model(cfg: ExperimentConfig, checkpoint: Path, metrics: dict, policy_ref: str | None,
-                           policy_version: str | None, policy_name: str | None) -> tuple[str, str]:
+                           policy_version: str | None, policy_name: str | None,
+                           tracking_uri: str | None = None) -> tuple[str, str]:
     """Log a training run with its checkpoint and register it as a version of cfg.tracking.registered_model."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from da2_platform.tracking import setup_tracking
 
-    experiment_id = setup_tracking(cfg)
+    experiment_id = setup_tracking(cfg, tracking_uri)
     client = _client()
     name = cfg.tracking.registered_model
     with mlflow.start_run(experiment_id=experiment_id, run_name="p2net-train") as run:

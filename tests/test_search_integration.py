@@ -167,14 +167,15 @@ def test_interrupted_search_registers_nothing_and_its_resume_registers_once(synt
     assert versions(client) == []  # a killed search leaves no version
     assert not (workdir / "ledger" / "itest.parquet").exists()
 
-    out = run_json(["search", "--method", "da2", "--config", str(cfg), "--resume", "--json"], capsys)
+    resume = ["search", "--method", "da2", "--config", str(cfg), "--tracking-uri", mlflow_server, "--resume", "--json"]
+    out = run_json(resume, capsys)
     assert out["registered_version"] == "1"
     run = client.get_run(out["mlflow_run_id"])
     child = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")[0]
     assert child.data.metrics["val_ap"] == pytest.approx(out["best_val_ap"])
     ledger = pq.read_table(workdir / "ledger" / "itest.parquet").to_pylist()
     assert len(ledger) == 1 and ledger[0]["steps"] == 40  # continued to the end from the checkpoint
-    again = run_json(["search", "--method", "da2", "--config", str(cfg), "--resume", "--json"], capsys)
+    again = run_json(resume, capsys)
     assert again["registered_version"] == "1"
     assert len(versions(client)) == 1  # resuming twice still leaves exactly one version
     assert len(pq.read_table(workdir / "ledger" / "itest.parquet")) == 1
@@ -218,3 +219,25 @@ def test_registry_life_cycle_against_a_server(synthpose_small, tmp_path, mlflow_
     train_run = client.get_run(trained["mlflow_run_id"])
     assert train_run.data.tags["da2.policy_version"] == v1
     assert "val_AP" in train_run.data.metrics
+
+
+@pytest.mark.parametrize("method", ["rl", "optuna"])
+def test_black_box_searches_run_real_children_and_fill_the_ledger(method, synthpose_small, tmp_path, ray_session,
+                                                                   capsys):
+    workdir = tmp_path / "w"
+    cfg_path = write_config(workdir, synthpose_small)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["search"][method] = {"trials": 3, "child_steps": 2, "concurrent": 2, "sub_policies": 2}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = run_json(["search", "--method", method, "--config", str(cfg_path), "--json"], capsys)
+    assert out["method"] == method and out["trials"] == 3 and out["registered_version"] == "1"
+    rows = pq.read_table(workdir / "ledger" / "itest.parquet").to_pylist()
+    assert len(rows) == 3 and {r["method"] for r in rows} == {method}
+    assert len({r["trial_id"] for r in rows}) == 3
+    for r in rows:
+        assert r["status"] in ("completed", "stopped") and r["policy_json"] and r["start_time"] and r["end_time"]
+        assert r["device_seconds"] == pytest.approx(r["wall_seconds"] * r["devices_held"]) and r["wall_seconds"] > 0
+        assert 0.0 <= r["val_ap"] <= 1.0
+        assert len(json.loads(r["policy_json"])["sub_policies"]) == 2
+    assert sum(r["device_seconds"] for r in rows) == pytest.approx(out["device_seconds"])
+    assert max(r["val_ap"] for r in rows) == pytest.approx(out["best_val_ap"])

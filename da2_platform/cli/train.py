@@ -52,7 +52,7 @@ def train(
         run_id, version = register_trained_model(
             cfg, outcome.checkpoint, {**outcome.metrics, "wall_seconds": outcome.wall_seconds},
             resolved.reference if resolved else None, resolved.registry_version if resolved else None,
-            resolved.registry_name if resolved else None)
+            resolved.registry_name if resolved else None, tracking_uri)
         result.update(mlflow_run_id=run_id, model_version=version)
     if json_out:
         emit_json(result)

@@ -123,6 +123,8 @@ def make_rl_job(cfg: ExperimentConfig, data):
         tune_config={"search_alg": searcher, "num_samples": sc.trials, "max_concurrent_trials": sc.concurrent,
                      "metric": "val_ap", "mode": "max", "time_budget_s": sc.time_budget_s},
         search_params=_search_params(cfg, sc, controller="LSTM-100 + PPO"),
+        expected_trials=sc.trials,
+        allow_partial=sc.time_budget_s is not None,
     )
 
 
@@ -142,6 +144,8 @@ def make_optuna_job(cfg: ExperimentConfig, data):
                      "max_concurrent_trials": sc.concurrent, "time_budget_s": sc.time_budget_s,
                      "scheduler": make_asha(max_t=EVALS_PER_CHILD, grace_period=1, reduction_factor=2)},
         search_params=_search_params(cfg, sc, sampler="TPE", scheduler="ASHA"),
+        expected_trials=sc.trials,
+        allow_partial=True,  # ASHA stops weak children before they complete
     )
 
 
@@ -176,6 +180,8 @@ def make_pba_job(cfg: ExperimentConfig, data):
         search_params=_search_params(cfg, sc, scheduler="PopulationBasedTraining"),
         artifacts=artifacts,
         keep_checkpoints=None,
+        expected_trials=sc.trials,
+        allow_partial=sc.time_budget_s is not None,
     )
 
 

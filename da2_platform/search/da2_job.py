@@ -196,4 +196,5 @@ def make_da2_job(cfg: ExperimentConfig, data) -> "TuneJob":
         search_params={**sc.model_dump(mode="json"), "model": cfg.model.preset or cfg.model.backbone,
                        "input_size": "x".join(map(str, cfg.data.input_size)), "batch_size": cfg.train.batch_size},
         artifacts=artifacts,
+        expected_trials=len(sc.seeds),
     )

@@ -62,6 +62,8 @@ class TuneJob:
     search_params: dict  # logged as MLflow params
     artifacts: Callable[[list[dict]], dict[str, bytes]] | None = None  # extra files from the trials' results
     keep_checkpoints: int | None = 2  # per trial; None keeps all (PBT exploits older checkpoints)
+    expected_trials: int = 1  # trials a finished search has
+    allow_partial: bool = False  # early stopping (ASHA) or a time budget may leave trials incomplete
 
 
 def trial_settings(cfg: ExperimentConfig, data: ExperimentData) -> dict:
@@ -110,10 +112,12 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
         )
     grid = tuner.fit()
     wall = time.perf_counter() - start
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
-    if unfinished:  # interrupted (Ctrl+C, a lost driver): record and register nothing, Tune's state is saved
-        raise Da2Error(f"{method} search {cfg.name!r} was interrupted with {unfinished} unfinished trial(s); "
-                       f"nothing was registered. Continue it with: da2 search --method {method} --resume")
+    unfinished = [r for r in grid if r.error is None and not (r.metrics or {}).get("complete")]
+    missing = max(0, job.expected_trials - len(grid))
+    if (unfinished or missing) and not job.allow_partial:
+        # interrupted (Ctrl+C, a lost driver): Tune saved its state; record and register nothing
+        raise Da2Error(f"{method} search {cfg.name!r} was interrupted with {len(unfinished) + missing} unfinished "
+                       f"trial(s); nothing was registered. Continue it with: da2 search --method {method} --resume")
     results = [_result_record(r) for r in grid]
     outcome = record_search(cfg, method, results, job, wall, experiment_id, register)
     write_json_atomic(recorded, outcome.to_record())

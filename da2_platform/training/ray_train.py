@@ -49,10 +49,12 @@ def train_worker(config: dict) -> None:
     model = build_model(cfg, dataset.num_joints)
     model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
     fit = Fit(cfg, model, dataset, policy, device, rank=rank, world=world, devices_held=config["devices_held"])
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # Ray Train's own restore of this run, if it did one
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             fit.load(Path(d) / CHECKPOINT_FILE)
+    elif config["resume_from"]:  # --resume: the latest checkpoint the driver found in the run's storage
+        fit.load(Path(config["resume_from"]) / CHECKPOINT_FILE)
 
     def report_epoch(f: Fit) -> None:
         metrics = {"epoch": f.state.epoch, "step": f.state.step, "loss": f.state.history[-1]["loss"],
@@ -108,12 +110,12 @@ def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = 
             "val_annotations": str(data.val_annotations),
             "val_images": str(data.val_images),
             "devices_held": devices_held,
+            "resume_from": str(latest) if latest else None,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(name=run_name, storage_path=str(storage),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-        resume_from_checkpoint=ray.train.Checkpoint.from_directory(str(latest)) if latest else None,
     )
     start = time.perf_counter()
     try:
