@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from da2_platform.errors import ConfigError
 
@@ -99,7 +99,7 @@ class TrainConfig(_Section):
 class DA2Config(_Section):
     """DA2 search (Eq. 2-12): K sub-policies of N ops, relaxed and trained with the network weights."""
 
-    sub_policies: int = Field(8, ge=1)  # K
+    sub_policies: int = Field(24, ge=1)  # K
     ops_per_sub_policy: int = Field(2, ge=1)  # N
     tau1: float = Field(0.5, gt=0)  # Gumbel-softmax temperature (sub-policy choice)
     tau2: float = Field(0.5, gt=0)  # relaxed Bernoulli temperature (op on/off)
@@ -121,8 +121,8 @@ class DiscreteSearchConfig(_Section):
 
     sub_policies: int = Field(5, ge=1)
     ops_per_sub_policy: int = Field(2, ge=1)
-    trials: int = Field(8, ge=1)
-    child_steps: int = Field(40, ge=1)
+    trials: int = Field(6, ge=1)
+    child_steps: int = Field(30, ge=1)
     concurrent: int = Field(2, ge=1)
     time_budget_s: float | None = Field(None, gt=0)  # wall-clock cap of the search (set by compare's budget)
 
@@ -131,7 +131,7 @@ class SearchConfig(_Section):
     da2: DA2Config = Field(default_factory=DA2Config)
     rl: DiscreteSearchConfig = Field(default_factory=DiscreteSearchConfig)
     optuna: DiscreteSearchConfig = Field(default_factory=DiscreteSearchConfig)
-    pba: DiscreteSearchConfig = Field(default_factory=DiscreteSearchConfig)
+    pba: DiscreteSearchConfig = Field(default_factory=lambda: DiscreteSearchConfig(trials=4))
     fixed: list[str] = Field(default_factory=lambda: ["none", "standard-pose", "randaugment", "trivialaugment"])
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0, ge=0)
@@ -153,6 +153,18 @@ class ExperimentConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _absolute_paths(self) -> "ExperimentConfig":
+        """Relative paths mean relative to where the command runs; Ray workers run elsewhere, so pin them now."""
+        self.workdir = self.workdir.expanduser().resolve()
+        for key in ("root", "train_annotations", "train_images", "val_annotations", "val_images"):
+            value = getattr(self.data, key)
+            if value is not None:
+                setattr(self.data, key, value.expanduser().resolve())
+        if self.model.pretrained_path is not None:
+            self.model.pretrained_path = self.model.pretrained_path.expanduser().resolve()
+        return self
 
     @property
     def heatmap_size(self) -> tuple[int, int]:
