@@ -21,6 +21,7 @@ def demo(
     methods: str = typer.Option("da2,rl,optuna,pba,fixed", "--methods", help="Methods to compare."),
 ) -> None:
     """Run the whole platform end to end on this machine (about 10-15 minutes on 2 CPU cores)."""
+    import shutil
     import time
 
     from da2_platform.compare import run_compare
@@ -35,6 +36,9 @@ def demo(
 
     start = time.perf_counter()
     cfg = load_config(config, {"workdir": str(workdir)})
+    # each demo tells one story: earlier runs' ledger rows and reports go (MLflow keeps their history)
+    for folder in ("ledger", "reports"):
+        shutil.rmtree(cfg.workdir / folder, ignore_errors=True)
     step = _stepper()
     step("tracking", f"MLflow store {resolve_tracking_uri(cfg)}")
     setup_tracking(cfg)
