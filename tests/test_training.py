@@ -149,3 +149,19 @@ def test_train_without_resume_refuses_to_overwrite_a_run(synthpose_small, tmp_pa
     rc = main(["train", "--config", str(_train_cfg(workdir, synthpose_small, 1)), "--no-register"])
     assert rc == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_predict_writes_results_that_evaluate_scores(synthpose_small, tmp_path, run_cli):
+    cfg = small_config(tmp_path, synthpose_small)
+    ds = TopDownDataset(synthpose_small.train_annotations, synthpose_small.train_images, input_size=INPUT)
+    checkpoint = Fit(cfg, build_model(cfg), ds, None, torch.device("cpu")).save(tmp_path / "ck.pt")
+    out = tmp_path / "pred" / "results.json"
+    summary = run_cli(["predict", "--checkpoint", str(checkpoint), "--annotations", str(synthpose_small.val_annotations),
+                       "--images", str(synthpose_small.val_images), "--out", str(out), "--decoder", "standard",
+                       "--json"])
+    results = json.loads(out.read_text())
+    assert summary["predictions"] == len(results) > 0
+    assert all(len(r["keypoints"]) == 51 and 0.0 <= r["score"] <= 1.0 for r in results)
+    metrics = run_cli(["evaluate", "--annotations", str(synthpose_small.val_annotations), "--predictions", str(out),
+                       "--rescore", "bbox_keypoint", "--json"])
+    assert 0.0 <= metrics["AP"] <= 1.0 and set(metrics) >= {"AP", "AP50", "AP75", "APm", "APl", "AR"}
