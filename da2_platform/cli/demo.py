@@ -51,7 +51,7 @@ def demo(
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     step("compare", ", ".join(chosen))
-    outcomes, finals = run_compare(cfg, chosen, progress=lambda msg: console.print(f"  {msg}"))
+    _, finals = run_compare(cfg, chosen, progress=lambda msg: console.print(f"  {msg}"))
     rep, json_path, png_path = write_report(cfg.workdir, cfg.name)
     print_table("search cost and AP per method", Report.TABLE_COLUMNS, rep.table_rows())
 

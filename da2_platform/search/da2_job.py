@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,9 @@ from da2_platform.training.loop import build_model, epoch_loader
 from da2_platform.training.step import autocast_for, batch_to_device, make_optimizer, seed_everything
 from pose_models.losses import P2NetLoss
 from search_spaces.batch import PoseBatch
+
+if TYPE_CHECKING:
+    from da2_platform.search.driver import TuneJob
 
 STATE_FILE = "da2_state.pt"
 
