@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from da2_platform.cli.options import parse_hw
 from da2_platform.cli.output import console, emit_json, print_table
 
 app = typer.Typer(help="SynthPose, and checks of any COCO person-keypoints data set.", no_args_is_help=True)
-
-
-def parse_size(text: str, option: str) -> tuple[int, int]:
-    """Read "256x192" as (height, width) = (256, 192)."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or min(int(match[1]), int(match[2])) < 16:
-        raise typer.BadParameter(f"expected HEIGHTxWIDTH with both at least 16 (e.g. 256x192), got {text!r}",
-                                 param_hint=option)
-    return int(match[1]), int(match[2])
 
 
 @app.command("synth")
@@ -39,7 +30,7 @@ def synth(
 
     from da2_platform.data.synthpose import write_synthpose
 
-    size = parse_size(image_size, "--image-size")
+    size = parse_hw(image_size, "--image-size")
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         tasks: dict[str, int] = {}
 
@@ -74,7 +65,7 @@ def inspect(
 
     from da2_platform.data.roundtrip import codec_roundtrip
 
-    size = parse_size(input_size, "--input-size")
+    size = parse_hw(input_size, "--input-size")
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("codec round trip", total=None)
 

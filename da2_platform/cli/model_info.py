@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import typer
 
+from da2_platform.cli.options import parse_hw
 from da2_platform.cli.output import console, emit_json
 from da2_platform.errors import ConfigError
 
@@ -15,14 +15,6 @@ PAPER_R101_384x288 = {
     "params": 42.5e6,
     "gmacs": 26.3,
 }  # Table I of the paper ("GFLOPs" there are multiply-adds)
-
-
-def parse_input_size(text: str) -> tuple[int, int]:
-    """'384x288' -> (384, 288): height by width, as pose papers write it."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match:
-        raise ConfigError(f"--input-size: expected HEIGHTxWIDTH such as 384x288, got {text!r}")
-    return int(match.group(1)), int(match.group(2))
 
 
 def describe_model(
@@ -76,7 +68,7 @@ def model_info(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
 ) -> None:
     """Parameters and GMACs (multiply-adds, torch's FLOP counter / 2) of a P2Net, per stage."""
-    size = parse_input_size(input_size)
+    size = parse_hw(input_size, "--input-size", minimum=1)
     overrides = {
         "fusion_channels": fusion_channels,
         "refine_channels": refine_channels,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from da2_platform.cli.options import parse_hw
 from da2_platform.cli.output import console, emit_json, print_table
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ def render(
     from da2_platform.errors import ConfigError, DataError
     from da2_platform.files import write_bytes_atomic
 
-    size = _parse_size(input_size)
+    size = parse_hw(input_size, "--input-size", minimum=32)
     loaded = load_policy_reference(policy, tracking_uri, config)
     dataset = TopDownDataset(annotations, images, input_size=size)
     if len(dataset) == 0:
@@ -170,15 +171,6 @@ def render(
         "" if shown is loaded else f" (the {len(shown.sub_policies)} heaviest of {len(loaded.sub_policies)})"
     )
     console.print(f"wrote {out}: {result['rows']} sub-policies{extra} x {len(crops)} crops")
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    from da2_platform.errors import ConfigError
-
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 32 for p in parts):
-        raise ConfigError(f"--input-size {text!r}: expected HxW with both at least 32, e.g. 256x192")
-    return int(parts[0]), int(parts[1])
 
 
 def _one_sub_policy(ops: tuple[OpSetting, ...]) -> Policy:

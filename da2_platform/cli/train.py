@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from da2_platform.cli.options import parse_hw
 from da2_platform.cli.output import console, emit_json, print_table
 
 
@@ -83,7 +84,7 @@ def predict(
     if decoder not in ("standard", "dark"):
         raise DataError(f"--decoder: {decoder!r} is not one of standard, dark")
     model = model_from_checkpoint(checkpoint)
-    size = _parse_size(input_size) if input_size else tuple(load_checkpoint(checkpoint)["input_size"])
+    size = parse_hw(input_size) if input_size else tuple(load_checkpoint(checkpoint)["input_size"])
     det = read_json(boxes, "detections file") if boxes else None
     dataset = TopDownDataset(annotations, images, input_size=size, boxes=det, require_keypoints=False)
     results = predict_dataset(model, dataset, pick_device(), batch_size, flip_test, decoder)
@@ -93,13 +94,3 @@ def predict(
         emit_json(summary)
     else:
         console.print(f"wrote {len(results)} predictions to {out}")
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    from da2_platform.errors import DataError
-
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise DataError(f"--input-size: {text!r} is not HxW (e.g. 256x192)") from None
-    return h, w
