@@ -28,28 +28,54 @@ def expand_methods(methods: list[str], cfg: ExperimentConfig) -> list[str]:
     return out
 
 
-def apply_budget(cfg: ExperimentConfig, budget_device_hours: float | None) -> ExperimentConfig:
-    """Give each black-box search at most the budget: as a Tune wall-clock budget over its concurrent trials."""
-    if budget_device_hours is None:
-        return cfg
-    data = cfg.model_dump()
-    for key in ("rl", "optuna", "pba"):
-        sc = data["search"][key]
-        per_wall_second = sc["concurrent"] * max(cfg.search.gpus_per_trial or cfg.search.cpus_per_trial, 1e-9)
-        sc["time_budget_s"] = budget_device_hours * 3600 / per_wall_second
-    return ExperimentConfig.model_validate(data)
+BUDGETED = ("rl", "optuna", "pba")  # the black-box searches; DA2 and the fixed policies have a fixed cost
 
 
 def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: float | None = None,
                 tracking_uri: str | None = None, progress=None) -> tuple[list[SearchOutcome], list[FinalTraining]]:
-    cfg = apply_budget(cfg, budget_device_hours)
-    outcomes = []
-    for method in expand_methods(methods, cfg):
-        if progress:
-            progress(f"search: {method}")
-        outcomes.append(run_search(cfg, method, job_factory(method), tracking_uri=tracking_uri))
-    if progress:
-        progress(f"final trainings: a fresh P2Net with each best policy, {cfg.train.epochs} epochs, val AP")
+    """Every method's search at once in one Ray session (each Tuner in its own driver thread; their trials
+    share the cluster's CPUs/GPUs as Ray schedules them), then the final trainings.
+
+    `budget_device_hours` caps each black-box search: it stops once its trials have used that many
+    device-hours (the ledger's unit, GPU-hours or CPU-hours), whatever else runs beside it.
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from da2_platform.data.splits import prepare_data
+    from da2_platform.raycluster import ensure_ray
+    from da2_platform.search.control import SearchControl
+    from da2_platform.tracking import setup_tracking
+
+    say = progress or (lambda msg: None)
+    chosen = expand_methods(methods, cfg)
+    for method in chosen:
+        job_factory(method)  # an unknown method fails before anything starts
+    setup_tracking(cfg, tracking_uri)  # once, before the threads: creating the experiment is not race-free
+    prepare_data(cfg)
+    ensure_ray()
+    budget_s = None if budget_device_hours is None else budget_device_hours * 3600
+    control = SearchControl()
+    done: dict[str, SearchOutcome] = {}
+    say(f"searches: {', '.join(chosen)} side by side"
+        + (f", each black-box search capped at {budget_device_hours:g} device-hours" if budget_s else ""))
+    try:
+        with ThreadPoolExecutor(max_workers=len(chosen), thread_name_prefix="search") as pool:
+            futures = {pool.submit(run_search, cfg, m, job_factory(m), tracking_uri=tracking_uri,
+                                   stopper=control.stopper(budget_s if m in BUDGETED else None)): m
+                       for m in chosen}
+            try:
+                for future in as_completed(futures):
+                    outcome = future.result()
+                    done[outcome.method] = outcome
+                    say(f"search {outcome.method} done: {len(outcome.trials)} trial(s), best search-val AP "
+                        f"{outcome.best_val_ap:.4f}, {outcome.device_seconds / 3600:.4f} device-hours")
+            except BaseException:  # Ctrl+C or a failed search: stop the others, keep what already finished
+                control.stop.set()
+                raise
+    finally:
+        control.close()
+    outcomes = [done[m] for m in chosen]
+    say(f"final trainings: a fresh P2Net with each best policy, {cfg.train.epochs} epochs, val AP")
     return outcomes, run_final_trainings(cfg, outcomes)
 
 

@@ -124,7 +124,7 @@ class DiscreteSearchConfig(_Section):
     trials: int = Field(6, ge=1)
     child_steps: int = Field(30, ge=1)
     concurrent: int = Field(2, ge=1)
-    time_budget_s: float | None = Field(None, gt=0)  # wall-clock cap of the search (set by compare's budget)
+    time_budget_s: float | None = Field(None, gt=0)  # wall-clock cap of the search (Tune time_budget_s)
 
 
 class SearchConfig(_Section):

@@ -7,6 +7,7 @@ MLflow run with nested trial runs, and -- only when the search completed -- a re
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +22,8 @@ from da2_platform.files import write_json_atomic
 from search_spaces.policy import Policy
 
 RECORDED_FILE = "da2_recorded.json"  # written beside Tune's state once a search is logged and registered
+_RECORD_LOCK = threading.Lock()
+_REGISTRY_LOCK = threading.Lock()  # concurrent searches (da2 compare) log, append and register one at a time
 
 
 @dataclass
@@ -74,7 +77,9 @@ def trial_settings(cfg: ExperimentConfig, data: ExperimentData) -> dict:
 
 
 def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[ExperimentConfig, ExperimentData], TuneJob],
-               resume: bool = False, tracking_uri: str | None = None, register: bool = True) -> SearchOutcome:
+               resume: bool = False, tracking_uri: str | None = None, register: bool = True,
+               stopper: Any = None) -> SearchOutcome:
+    """`stopper` (a `control.BudgetStopper`) caps the search's device-seconds and lets another thread stop it."""
     from ray import tune
 
     from da2_platform.raycluster import ensure_ray
@@ -88,7 +93,12 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
     storage = (cfg.workdir / "ray_results").resolve()
     name = f"{cfg.name}-{method.replace(':', '-')}"
     path = storage / name
-    trainable = tune.with_resources(job.trainable, trial_resources(cfg))
+    # Tune's trainable registry is process-wide and not thread-safe: concurrent searches (da2 compare) each
+    # register their own name under a lock and hand Tune that name, so Tune registers nothing itself
+    trainable = f"{method.replace(':', '_')}_trial"
+    with _REGISTRY_LOCK:
+        tune.register_trainable(trainable, tune.with_resources(_named(job.trainable, trainable),
+                                                               trial_resources(cfg)))
     start = time.perf_counter()
     recorded = path / RECORDED_FILE
     if resume and recorded.is_file():  # finished and recorded before: resuming again must not record twice
@@ -107,21 +117,34 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
             trainable,
             param_space=job.param_space,
             tune_config=tune.TuneConfig(**job.tune_config),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0, stop=stopper,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=job.keep_checkpoints)),
         )
     grid = tuner.fit()
     wall = time.perf_counter() - start
     unfinished = [r for r in grid if r.error is None and not (r.metrics or {}).get("complete")]
     missing = max(0, job.expected_trials - len(grid))
-    if (unfinished or missing) and not job.allow_partial:
+    partial_ok = job.allow_partial or (stopper is not None and stopper.budget_reached)
+    if stopper is not None and stopper.interrupted:
+        raise Da2Error(f"{method} search {cfg.name!r} was stopped before it finished; nothing was recorded or "
+                       "registered")
+    if (unfinished or missing) and not partial_ok:
         # interrupted (Ctrl+C, a lost driver): Tune saved its state; record and register nothing
         raise Da2Error(f"{method} search {cfg.name!r} was interrupted with {len(unfinished) + missing} unfinished "
                        f"trial(s); nothing was registered. Continue it with: da2 search --method {method} --resume")
     results = [_result_record(r) for r in grid]
-    outcome = record_search(cfg, method, results, job, wall, experiment_id, register)
-    write_json_atomic(recorded, outcome.to_record())
+    with _RECORD_LOCK:
+        outcome = record_search(cfg, method, results, job, wall, experiment_id, register)
+        write_json_atomic(recorded, outcome.to_record())
     return outcome
+
+
+def _named(trainable: Callable, name: str) -> Callable:
+    def trial(config: dict):
+        return trainable(config)
+
+    trial.__name__ = trial.__qualname__ = name
+    return trial
 
 
 def _result_record(result: Any) -> dict:
@@ -174,13 +197,15 @@ def ledger_row(cfg: ExperimentConfig, method: str, r: dict) -> LedgerRow:
     m = r["metrics"]
     status = "failed" if r["error"] else ("completed" if m.get("complete") else "stopped")
     start = m.get("trial_start")
-    start_iso = datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="seconds") if start else ""
+    start_iso = datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="milliseconds") if start else ""
+    end = start + float(m.get("wall_seconds", 0.0)) if start else None  # when the trial last reported
+    end_iso = datetime.fromtimestamp(end, timezone.utc).isoformat(timespec="milliseconds") if end else utc_now()
     config = {k: v for k, v in r["config"].items() if k != "policy_json"}
     return LedgerRow(
         experiment=cfg.name, method=method, trial_id=str(r["trial_id"]), policy_json=m.get("policy_json", ""),
         device_kind=m.get("device_kind", "cpu"), devices_held=float(m.get("devices_held", 0.0)),
         wall_seconds=float(m.get("wall_seconds", 0.0)), device_seconds=float(m.get("device_seconds", 0.0)),
-        val_ap=float(m.get("val_ap", 0.0)), status=status, start_time=start_iso, end_time=utc_now(),
+        val_ap=float(m.get("val_ap", 0.0)), status=status, start_time=start_iso, end_time=end_iso,
         steps=int(m.get("step", 0)), config_json=json.dumps(config, sort_keys=True, default=str),
     )
 
