@@ -2,6 +2,7 @@
 steps/s and peak memory. Writes benchmarks/results/train_demo.json.
 
     .venv/bin/python benchmarks/train_demo.py [--steps 300] [--config configs/demo.yaml] [--policy fixed:standard-pose]
+        [--save-backbone PATH] [--save-model PATH]   # loadable as model.pretrained_path / model.init_weights
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", nargs="*", default=[], help="dotted config overrides key=value (YAML values)")
     parser.add_argument("--out", default="benchmarks/results/train_demo.json")
+    parser.add_argument("--save-backbone", default=None,
+                        help="also write the trained backbone's weights here (a local pretrained_path for "
+                             "model.pretrained_path: this machine cannot download ImageNet weights)")
+    parser.add_argument("--save-model", default=None,
+                        help="also write the whole trained P2Net's state dict here (loadable as model.init_weights)")
     args = parser.parse_args()
 
     import yaml
@@ -74,6 +80,16 @@ def main() -> None:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": "cpu", "torch": torch.__version__,
     }
+    for path, state in ((args.save_backbone, model.backbone.body.state_dict()), (args.save_model, model.state_dict())):
+        if path:
+            import io
+
+            from da2_platform.files import write_bytes_atomic
+
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            write_bytes_atomic(Path(path), buf.getvalue())
+    result.update(saved_backbone=args.save_backbone, saved_model=args.save_model)
     write_json_atomic(Path(args.out), result)
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}, indent=2))
 

@@ -53,6 +53,7 @@ class ModelConfig(_Section):
     fusion_channels: int | None = None
     refine_channels: int | None = None
     pretrained_path: Path | None = None  # local ImageNet weights for the backbone (nothing is downloaded)
+    init_weights: Path | None = None  # a trained P2Net (checkpoint or state dict) to start every training from
     ohkm_topk: int = Field(10, ge=1)  # the paper keeps the 10 hardest joints
 
     def build_kwargs(self, num_joints: int) -> dict:
@@ -155,15 +156,16 @@ class ExperimentConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
-    def _absolute_paths(self) -> "ExperimentConfig":
+    def _absolute_paths(self) -> ExperimentConfig:
         """Relative paths mean relative to where the command runs; Ray workers run elsewhere, so pin them now."""
         self.workdir = self.workdir.expanduser().resolve()
         for key in ("root", "train_annotations", "train_images", "val_annotations", "val_images"):
             value = getattr(self.data, key)
             if value is not None:
                 setattr(self.data, key, value.expanduser().resolve())
-        if self.model.pretrained_path is not None:
-            self.model.pretrained_path = self.model.pretrained_path.expanduser().resolve()
+        for key in ("pretrained_path", "init_weights"):
+            if getattr(self.model, key) is not None:
+                setattr(self.model, key, getattr(self.model, key).expanduser().resolve())
         return self
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -56,7 +56,7 @@ SCHEMA = pa.schema([
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def device_seconds(wall_seconds: float, gpus: float, cpus: float) -> tuple[str, float, float]:
@@ -73,7 +73,7 @@ class CostLedger:
         self.path = Path(path)
 
     @classmethod
-    def for_experiment(cls, workdir: Path, experiment: str) -> "CostLedger":
+    def for_experiment(cls, workdir: Path, experiment: str) -> CostLedger:
         return cls(Path(workdir) / "ledger" / f"{experiment}.parquet")
 
     def read(self) -> pa.Table:

@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 
 from da2_platform import __version__
@@ -121,7 +122,7 @@ class PromotionDecision:
 def promote(name: str, version: str, alias: str = "production", gate: str = "final-ap", min_ap: float | None = None,
             note: str = "", tracking_uri: str | None = None) -> PromotionDecision:
     """Move `alias` to `version` only when the gate holds; record who, when and why as version tags."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from mlflow.exceptions import MlflowException
 
@@ -137,7 +138,7 @@ def promote(name: str, version: str, alias: str = "production", gate: str = "fin
     decision = _gate(candidate, current, gate, min_ap, alias)
     if decision.allowed:
         client.set_registered_model_alias(name, alias, candidate.version)
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
         for key, value in {"da2.promoted_to": alias, "da2.promoted_by": getpass.getuser(),
                            "da2.promoted_at": stamp, "da2.promotion_reason": (decision.reason + " " + note).strip()
                            }.items():

@@ -165,3 +165,28 @@ def test_predict_writes_results_that_evaluate_scores(synthpose_small, tmp_path, 
     metrics = run_cli(["evaluate", "--annotations", str(synthpose_small.val_annotations), "--predictions", str(out),
                        "--rescore", "bbox_keypoint", "--json"])
     assert 0.0 <= metrics["AP"] <= 1.0 and set(metrics) >= {"AP", "AP50", "AP75", "APm", "APl", "AR"}
+
+
+def test_init_weights_starts_every_training_from_a_trained_p2net(tmp_path):
+    """model.init_weights: a bare state dict or a checkpoint; anything else is an error naming the file."""
+    from da2_platform.config import ExperimentConfig
+    from da2_platform.errors import TrainingError
+    from da2_platform.training.loop import build_model
+
+    trained = build_model(ExperimentConfig.model_validate({"seed": 1}))
+    torch.save(trained.state_dict(), tmp_path / "p2net.pt")
+    cfg = ExperimentConfig.model_validate({"seed": 7, "model": {"init_weights": str(tmp_path / "p2net.pt")}})
+    started = build_model(cfg)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(started.state_dict()[key], value), key
+
+    other = ExperimentConfig.model_validate({"model": {"init_weights": str(tmp_path / "p2net.pt"),
+                                                       "refine_channels": 8}})
+    with pytest.raises(TrainingError, match="p2net.pt does not fit"):
+        build_model(other)
+    (tmp_path / "junk.pt").write_bytes(b"not torch")
+    bad = ExperimentConfig.model_validate({"model": {"init_weights": str(tmp_path / "junk.pt")}})
+    with pytest.raises(TrainingError, match="junk.pt: not a loadable"):
+        build_model(bad)
+    with pytest.raises(TrainingError, match="missing.pt not found"):
+        build_model(ExperimentConfig.model_validate({"model": {"init_weights": str(tmp_path / "missing.pt")}}))

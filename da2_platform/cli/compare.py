@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -11,13 +10,13 @@ from da2_platform.cli.output import console, emit_json, print_table
 
 
 def compare(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Experiment YAML (default: embedded demo)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Experiment YAML (default: embedded demo)."),
     methods: str = typer.Option("da2,rl,optuna,pba,fixed", "--methods",
                                 help="Comma-separated: da2, rl, optuna, pba, fixed (all fixed policies), fixed:NAME."),
-    budget_device_hours: Optional[float] = typer.Option(None, "--budget-device-hours",
+    budget_device_hours: float | None = typer.Option(None, "--budget-device-hours",
                                                         help="Cap on each black-box search's device-hours."),
-    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Override the config's workdir."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server URI."),
+    workdir: Path | None = typer.Option(None, "--workdir", help="Override the config's workdir."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow server URI."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Run the methods side by side, train a fresh model with each best policy, and write the report."""

@@ -8,7 +8,6 @@ print the final table and the command that opens the MLflow UI.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,7 +16,7 @@ from da2_platform.cli.output import console, print_table
 
 def demo(
     workdir: Path = typer.Option(Path("work/demo"), "--workdir", help="Where data, runs and reports go."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Experiment YAML (default: embedded demo)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Experiment YAML (default: embedded demo)."),
     methods: str = typer.Option("da2,rl,optuna,pba,fixed", "--methods", help="Methods to compare."),
 ) -> None:
     """Run the whole platform end to end on this machine (about 10-15 minutes on 2 CPU cores)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,12 +14,12 @@ def promote(
     alias: str = typer.Option("production", "--alias", help="The alias to move."),
     gate: str = typer.Option("final-ap", "--gate", help="final-ap (beats the alias holder's final AP), "
                              "val-ap (search-val AP), or none (no comparison; recorded)."),
-    min_ap: Optional[float] = typer.Option(None, "--min-ap", help="Also require at least this AP (0-1)."),
+    min_ap: float | None = typer.Option(None, "--min-ap", help="Also require at least this AP (0-1)."),
     note: str = typer.Option("", "--note", help="Why, in words; stored with the promotion."),
-    name: Optional[str] = typer.Option(None, "--name", help="Registered model (default: the config's policy)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Experiment YAML (for workdir/tracking)."),
-    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Override the config's workdir."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server URI."),
+    name: str | None = typer.Option(None, "--name", help="Registered model (default: the config's policy)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Experiment YAML (for workdir/tracking)."),
+    workdir: Path | None = typer.Option(None, "--workdir", help="Override the config's workdir."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow server URI."),
     json_out: bool = typer.Option(False, "--json", help="Print the decision as JSON on stdout."),
 ) -> None:
     """Move the alias to VERSION only when the gate holds; refuse with the reason otherwise (exit 1)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,10 +11,10 @@ from da2_platform.cli.output import console, emit_json, print_table
 
 def search(
     method: str = typer.Option(..., "--method", "-m", help="da2 | rl | optuna | pba | fixed:NAME"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Experiment YAML (default: embedded demo)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Experiment YAML (default: embedded demo)."),
     resume: bool = typer.Option(False, "--resume", help="Restore the Ray Tune experiment and continue it."),
-    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Override the config's workdir."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (default: SQLite in "
+    workdir: Path | None = typer.Option(None, "--workdir", help="Override the config's workdir."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow server (default: SQLite in "
                                                "the workdir, or MLFLOW_TRACKING_URI)."),
     no_register: bool = typer.Option(False, "--no-register", help="Do not register the policy in MLflow."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),

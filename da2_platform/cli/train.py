@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,15 +11,15 @@ from da2_platform.cli.output import console, emit_json, print_table
 
 
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Experiment YAML (default: embedded demo)."),
-    policy: Optional[str] = typer.Option(
+    config: Path | None = typer.Option(None, "--config", "-c", help="Experiment YAML (default: embedded demo)."),
+    policy: str | None = typer.Option(
         None, "--policy", help="Policy JSON file, fixed:NAME (none, standard-pose, randaugment, trivialaugment), "
         "or models:/NAME@ALIAS from the registry."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its latest epoch checkpoint."),
     fresh: bool = typer.Option(False, "--fresh", help="Replace an existing run of the same name."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override train.epochs."),
-    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Override the config's workdir."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server URI."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Override train.epochs."),
+    workdir: Path | None = typer.Option(None, "--workdir", help="Override the config's workdir."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow server URI."),
     no_register: bool = typer.Option(False, "--no-register", help="Do not log/register the trained model."),
     json_out: bool = typer.Option(False, "--json", help="Print the final metrics as JSON on stdout."),
 ) -> None:
@@ -66,8 +65,8 @@ def predict(
     annotations: Path = typer.Option(..., "--annotations", help="COCO keypoints JSON (images and GT boxes)."),
     images: Path = typer.Option(..., "--images", help="Image folder."),
     out: Path = typer.Option(..., "--out", help="Where to write the COCO results JSON."),
-    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Detector boxes (COCO results with bbox, score)."),
-    input_size: Optional[str] = typer.Option(None, "--input-size", help="HxW crop size (default: the trained one)."),
+    boxes: Path | None = typer.Option(None, "--boxes", help="Detector boxes (COCO results with bbox, score)."),
+    input_size: str | None = typer.Option(None, "--input-size", help="HxW crop size (default: the trained one)."),
     decoder: str = typer.Option("dark", "--decoder", help="standard (paper) or dark."),
     flip_test: bool = typer.Option(True, "--flip-test/--no-flip-test", help="Average with the mirrored pass."),
     batch_size: int = typer.Option(32, "--batch-size"),

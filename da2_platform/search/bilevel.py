@@ -20,8 +20,8 @@ restored after the extra passes so only the real w step moves them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

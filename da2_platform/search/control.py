@@ -12,7 +12,7 @@ import uuid
 
 from ray import tune
 
-_CONTROLS: dict[str, "SearchControl"] = {}  # by key: Tune pickles its stopper with the experiment state
+_CONTROLS: dict[str, SearchControl] = {}  # by key: Tune pickles its stopper with the experiment state
 
 
 class SearchControl:
@@ -23,7 +23,7 @@ class SearchControl:
         self.stop = threading.Event()
         _CONTROLS[self.key] = self
 
-    def stopper(self, budget_device_seconds: float | None = None) -> "BudgetStopper":
+    def stopper(self, budget_device_seconds: float | None = None) -> BudgetStopper:
         return BudgetStopper(self.key, budget_device_seconds)
 
     def close(self) -> None:

@@ -174,7 +174,7 @@ def da2_trainable(config: dict, settings: dict) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def make_da2_job(cfg: ExperimentConfig, data) -> "TuneJob":
+def make_da2_job(cfg: ExperimentConfig, data) -> TuneJob:
     from ray import tune
 
     from da2_platform.search.curves import plot_policy_curves

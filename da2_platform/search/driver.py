@@ -9,16 +9,17 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from da2_platform.config import ExperimentConfig
 from da2_platform.data.splits import ExperimentData, prepare_data
 from da2_platform.errors import Da2Error
-from da2_platform.ledger import CostLedger, LedgerRow, utc_now
 from da2_platform.files import write_json_atomic
+from da2_platform.ledger import CostLedger, LedgerRow, utc_now
 from search_spaces.policy import Policy
 
 RECORDED_FILE = "da2_recorded.json"  # written beside Tune's state once a search is logged and registered
@@ -42,7 +43,7 @@ class SearchOutcome:
         return {**self.summary(), "policy_json": self.best_policy.to_json(), "wall_seconds": self.wall_seconds}
 
     @classmethod
-    def from_record(cls, record: dict) -> "SearchOutcome":
+    def from_record(cls, record: dict) -> SearchOutcome:
         return cls(record["method"], record["experiment"], record["mlflow_run_id"],
                    Policy.from_json(record["policy_json"]), record["best_val_ap"], record["device_seconds"],
                    record["wall_seconds"], [], record["registered_version"])
@@ -197,9 +198,9 @@ def ledger_row(cfg: ExperimentConfig, method: str, r: dict) -> LedgerRow:
     m = r["metrics"]
     status = "failed" if r["error"] else ("completed" if m.get("complete") else "stopped")
     start = m.get("trial_start")
-    start_iso = datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="milliseconds") if start else ""
+    start_iso = datetime.fromtimestamp(start, UTC).isoformat(timespec="milliseconds") if start else ""
     end = start + float(m.get("wall_seconds", 0.0)) if start else None  # when the trial last reported
-    end_iso = datetime.fromtimestamp(end, timezone.utc).isoformat(timespec="milliseconds") if end else utc_now()
+    end_iso = datetime.fromtimestamp(end, UTC).isoformat(timespec="milliseconds") if end else utc_now()
     config = {k: v for k, v in r["config"].items() if k != "policy_json"}
     return LedgerRow(
         experiment=cfg.name, method=method, trial_id=str(r["trial_id"]), policy_json=m.get("policy_json", ""),

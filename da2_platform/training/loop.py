@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
@@ -35,7 +35,34 @@ CHECKPOINT_FORMAT = 1
 
 def build_model(cfg: ExperimentConfig, num_joints: int = 17) -> P2Net:
     torch.manual_seed(cfg.seed)
-    return build_p2net(**cfg.model.build_kwargs(num_joints))
+    model = build_p2net(**cfg.model.build_kwargs(num_joints))
+    if cfg.model.init_weights is not None:
+        load_init_weights(model, cfg.model.init_weights)
+    return model
+
+
+def load_init_weights(model: P2Net, path: str | Path) -> None:
+    """Start from a trained P2Net: a da2-platform checkpoint or a bare state dict, read with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"model.init_weights: {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, or needs unpickling code
+        raise TrainingError(f"model.init_weights: {path}: not a loadable weights file ({type(e).__name__}: {e})") \
+            from None
+    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TrainingError(f"model.init_weights: {path}: expected a P2Net state dict or a da2-platform checkpoint")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise TrainingError(f"model.init_weights: {path} does not fit this model ({str(e).splitlines()[-1].strip()})")\
+            from None
+    if missing or unexpected:
+        raise TrainingError(f"model.init_weights: {path} does not fit this model (missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]}); check model.preset and the joint count")
 
 
 def device_augment(cfg: ExperimentConfig, policy: Policy | None, flip_pairs, device: torch.device, seed: int):
@@ -103,7 +130,7 @@ class Fit:
         if self.cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-    def run(self, on_epoch_end: Callable[["Fit"], None] | None = None,
+    def run(self, on_epoch_end: Callable[[Fit], None] | None = None,
             progress: Callable[[int, int, float], None] | None = None) -> FitState:
         cfg = self.cfg
         for epoch in range(self.state.epoch, cfg.train.epochs):
