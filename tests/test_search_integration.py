@@ -221,7 +221,7 @@ def test_registry_life_cycle_against_a_server(synthpose_small, tmp_path, mlflow_
     assert "val_AP" in train_run.data.metrics
 
 
-@pytest.mark.parametrize("method", ["rl", "optuna"])
+@pytest.mark.parametrize("method", ["rl", "optuna", "pba"])
 def test_black_box_searches_run_real_children_and_fill_the_ledger(method, synthpose_small, tmp_path, ray_session,
                                                                    capsys):
     workdir = tmp_path / "w"

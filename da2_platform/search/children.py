@@ -9,7 +9,6 @@ The policy comes from the trial's config: `policy_json` (RL Searcher, fixed), or
 from __future__ import annotations
 
 import json
-import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -151,25 +150,16 @@ def make_optuna_job(cfg: ExperimentConfig, data):
 
 def make_pba_job(cfg: ExperimentConfig, data):
     from ray import tune
-    from ray.tune.schedulers import PopulationBasedTraining
 
+    from baselines.pba import best_schedule, make_pba
     from da2_platform.search.driver import TuneJob
 
     sc = cfg.search.pba
-    space = discrete_space(sc)
-    sizes = space.decisions_per_op()
-    mutations = {name: list(range(sizes[i % 3])) for i, name in enumerate(space.param_names())}
-    random.seed(cfg.seed)  # PBT explores with Python's global `random`
-    pbt = PopulationBasedTraining(time_attr="training_iteration", metric="val_ap", mode="max",
-                                  perturbation_interval=1, hyperparam_mutations=mutations,
-                                  resample_probability=0.2, quantile_fraction=0.25)
-    rng = torch.Generator().manual_seed(cfg.seed)
-    start = {name: tune.sample_from(_seeded_choice(len(choices), rng)) for name, choices in mutations.items()}
+    pbt, start = make_pba(discrete_space(sc), seed=cfg.seed)
 
     def artifacts(results: list[dict]) -> dict[str, bytes]:
-        best = max((r for r in results if r["metrics"].get("schedule_json")),
-                   key=lambda r: r["metrics"].get("val_ap", 0.0), default=None)
-        return {"policy/schedule.json": best["metrics"]["schedule_json"].encode()} if best else {}
+        schedule = best_schedule(results)
+        return {"policy/schedule.json": schedule.encode()} if schedule else {}
 
     return TuneJob(
         method="pba",
@@ -183,10 +173,6 @@ def make_pba_job(cfg: ExperimentConfig, data):
         expected_trials=sc.trials,
         allow_partial=sc.time_budget_s is not None,
     )
-
-
-def _seeded_choice(n: int, rng: torch.Generator) -> Callable:
-    return lambda _spec: int(torch.randint(0, n, (1,), generator=rng))
 
 
 def make_fixed_job(name: str) -> Callable:
