@@ -31,7 +31,11 @@ class SearchControl:
 
 
 class BudgetStopper(tune.Stopper):
-    """Ends one search when its trials together have used `budget` device-seconds, or when told to stop."""
+    """Ends one search when its trials together have used `budget` device-seconds, or when told to stop.
+
+    It also ends each trial at its `complete` report. A trial ends there anyway; stopping it there keeps PBT from
+    exploiting at the last report, which would leave the exploiting trial with the other trial's last result.
+    """
 
     def __init__(self, control_key: str | None, budget: float | None):
         self.control_key = control_key
@@ -43,7 +47,7 @@ class BudgetStopper(tune.Stopper):
         self.spent[trial_id] = float(result.get("device_seconds", 0.0))
         if self.budget is not None and sum(self.spent.values()) >= self.budget:
             self.budget_reached = True
-        return False
+        return bool(result.get("complete"))
 
     def stop_all(self) -> bool:
         return self.budget_reached or self.interrupted

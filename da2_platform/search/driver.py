@@ -23,8 +23,8 @@ from da2_platform.ledger import CostLedger, LedgerRow, utc_now
 from search_spaces.policy import Policy
 
 RECORDED_FILE = "da2_recorded.json"  # written beside Tune's state once a search is logged and registered
-_RECORD_LOCK = threading.Lock()
-_REGISTRY_LOCK = threading.Lock()  # concurrent searches (da2 compare) log, append and register one at a time
+_RECORD_LOCK = threading.Lock()  # concurrent searches (da2 compare) log, append and register one at a time
+_REGISTRY_LOCK = threading.Lock()  # and register their trainables with Tune one at a time
 
 
 @dataclass
@@ -84,9 +84,11 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
     from ray import tune
 
     from da2_platform.raycluster import ensure_ray
+    from da2_platform.search.control import BudgetStopper
     from da2_platform.search.trial import trial_resources
     from da2_platform.tracking import setup_tracking
 
+    stopper = stopper or BudgetStopper(None, None)  # no budget: only ends each trial at its complete report
     experiment_id = setup_tracking(cfg, tracking_uri)  # before any compute is spent
     data = prepare_data(cfg)
     job = make_job(cfg, data)
@@ -125,8 +127,8 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
     wall = time.perf_counter() - start
     unfinished = [r for r in grid if r.error is None and not (r.metrics or {}).get("complete")]
     missing = max(0, job.expected_trials - len(grid))
-    partial_ok = job.allow_partial or (stopper is not None and stopper.budget_reached)
-    if stopper is not None and stopper.interrupted:
+    partial_ok = job.allow_partial or stopper.budget_reached
+    if stopper.interrupted:
         raise Da2Error(f"{method} search {cfg.name!r} was stopped before it finished; nothing was recorded or "
                        "registered")
     if (unfinished or missing) and not partial_ok:
@@ -199,7 +201,7 @@ def ledger_row(cfg: ExperimentConfig, method: str, r: dict) -> LedgerRow:
     status = "failed" if r["error"] else ("completed" if m.get("complete") else "stopped")
     start = m.get("trial_start")
     start_iso = datetime.fromtimestamp(start, UTC).isoformat(timespec="milliseconds") if start else ""
-    end = start + float(m.get("wall_seconds", 0.0)) if start else None  # when the trial last reported
+    end = m.get("trial_end") or (start + float(m.get("wall_seconds", 0.0)) if start else None)  # last report
     end_iso = datetime.fromtimestamp(end, UTC).isoformat(timespec="milliseconds") if end else utc_now()
     config = {k: v for k, v in r["config"].items() if k != "policy_json"}
     return LedgerRow(

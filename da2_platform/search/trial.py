@@ -30,7 +30,7 @@ class TrialClock:
         wall = self.wall()
         kind, held, dev = device_seconds(wall, self.gpus, self.cpus)
         return {"wall_seconds": wall, "device_kind": kind, "devices_held": held, "device_seconds": dev,
-                "trial_start": self.start_time}
+                "trial_start": self.start_time, "trial_end": time.time()}
 
 
 def trial_resources(cfg: ExperimentConfig) -> dict:
