@@ -48,8 +48,7 @@ def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: 
 
     say = progress or (lambda msg: None)
     chosen = expand_methods(methods, cfg)
-    for method in chosen:
-        job_factory(method)  # an unknown method fails before anything starts
+    factories = {m: job_factory(m) for m in chosen}  # an unknown method fails before anything starts
     setup_tracking(cfg, tracking_uri)  # once, before the threads: creating the experiment is not race-free
     prepare_data(cfg)
     ensure_ray()
@@ -60,7 +59,7 @@ def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: 
         + (f", each black-box search capped at {budget_device_hours:g} device-hours" if budget_s else ""))
     try:
         with ThreadPoolExecutor(max_workers=len(chosen), thread_name_prefix="search") as pool:
-            futures = {pool.submit(run_search, cfg, m, job_factory(m), tracking_uri=tracking_uri,
+            futures = {pool.submit(run_search, cfg, m, factories[m], tracking_uri=tracking_uri,
                                    stopper=control.stopper(budget_s if m in BUDGETED else None)): m
                        for m in chosen}
             try:

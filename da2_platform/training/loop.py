@@ -43,18 +43,15 @@ def build_model(cfg: ExperimentConfig, num_joints: int = 17) -> P2Net:
 
 def load_init_weights(model: P2Net, path: str | Path) -> None:
     """Start from a trained P2Net: a da2-platform checkpoint or a bare state dict, read with weights_only=True."""
+    from pose_models.weights import BackboneWeightsError, read_state_dict
+
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"model.init_weights: {path} not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, or needs unpickling code
-        raise TrainingError(f"model.init_weights: {path}: not a loadable weights file ({type(e).__name__}: {e})") \
-            from None
-    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise TrainingError(f"model.init_weights: {path}: expected a P2Net state dict or a da2-platform checkpoint")
+    try:  # the same safe reader as backbone weights: unwraps a checkpoint's "model" entry and DDP prefixes
+        state = read_state_dict(path)
+    except BackboneWeightsError as e:
+        raise TrainingError(f"model.init_weights: {path}: not a loadable weights file ({e})") from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a tensor of another shape
