@@ -136,6 +136,8 @@ class SearchConfig(_Section):
     fixed: list[str] = Field(default_factory=lambda: ["none", "standard-pose", "randaugment", "trivialaugment"])
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0, ge=0)
+    max_failures: int = Field(2, ge=0)  # retries of a trial whose worker died, each from its last checkpoint
+    keep_checkpoints: bool = False  # keep a completed trial's checkpoint (by default only running trials keep one)
 
 
 class TrackingConfig(_Section):

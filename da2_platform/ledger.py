@@ -1,14 +1,19 @@
-"""The cost ledger: one Parquet file per experiment, one row per trial of any method.
+"""The cost ledger: one Parquet dataset (a folder of part files) per experiment, one row per trial of any method.
 
 Device-seconds count what a trial held: GPUs x wall time, or CPUs x wall time on a CPU-only cluster, so DA2,
-RL, Optuna, PBA and the fixed baselines compare on one axis. Only the driver writes (trials report through
-Ray Tune), and every write replaces the file atomically.
+RL, Optuna, PBA and the fixed baselines compare on one axis. Only drivers write. Each search writes its own part
+file (replaced atomically as its trials end) and every other append writes a new part, so two drivers appending
+to one experiment at once never overwrite each other's rows. A row is keyed by (method, trial id): appending a
+trial that is already there adds nothing, so a resumed search never counts a trial twice.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import threading
+import time
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,8 +71,17 @@ def device_seconds(wall_seconds: float, gpus: float, cpus: float) -> tuple[str, 
     return "cpu", float(cpus), wall_seconds * cpus
 
 
+_PART_LOCKS: dict[Path, threading.Lock] = {}  # one writer per part file within a process (da2 compare's threads)
+_LOCKS_LOCK = threading.Lock()
+
+
+def _part_lock(path: Path) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _PART_LOCKS.setdefault(path.resolve(), threading.Lock())
+
+
 class CostLedger:
-    """Append-only table of trials for one experiment."""
+    """Append-only table of trials for one experiment: `<workdir>/ledger/<experiment>.parquet/` holds its parts."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -76,32 +90,99 @@ class CostLedger:
     def for_experiment(cls, workdir: Path, experiment: str) -> CostLedger:
         return cls(Path(workdir) / "ledger" / f"{experiment}.parquet")
 
+    def exists(self) -> bool:
+        return bool(self.parts())
+
+    def parts(self) -> list[Path]:
+        """The part files in write order (their names start with a nanosecond timestamp); a ledger written by an
+        earlier version is one plain file and its own only part."""
+        if self.path.is_file():
+            return [self.path]
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.glob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
+
     def read(self) -> pa.Table:
-        if not self.path.is_file():
-            return SCHEMA.empty_table()
-        try:
-            table = pq.read_table(self.path)
-        except Exception as e:
-            raise DataError(f"{self.path}: not a readable Parquet ledger ({e})") from None
-        missing = [n for n in SCHEMA.names if n not in table.column_names]
-        if missing:
-            raise DataError(f"{self.path}: ledger lacks columns {missing}")
-        return table.select(SCHEMA.names).cast(SCHEMA)
+        tables = [_read_part(p) for p in self.parts()]
+        return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
     def rows(self) -> list[LedgerRow]:
         return [LedgerRow(**r) for r in self.read().to_pylist()]
 
-    def append(self, rows: list[LedgerRow]) -> None:
+    def keys(self) -> set[tuple[str, str]]:
+        table = self.read()
+        return set(zip(table.column("method").to_pylist(), table.column("trial_id").to_pylist()))
+
+    def append(self, rows: list[LedgerRow], part: str | None = None) -> list[LedgerRow]:
+        """Add the rows whose (method, trial id) the ledger lacks; return those added.
+
+        `part` names the writer's own part file (one per search), rewritten with each append; without it the
+        rows go to a new part file. In its own part a writer may replace a `failed` row: a failed trial that a
+        resume ran again to its end."""
         if not rows:
-            return
-        new = pa.Table.from_pylist([asdict(r) for r in rows], schema=SCHEMA)
-        table = pa.concat_tables([self.read(), new])
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        write_bytes_atomic(self.path, buf.getvalue())
+            return []
+        self._adopt_legacy_file()
+        target = self.path / f"{part}.parquet" if part else None
+        with _part_lock(target or self.path):
+            seen = self.keys()
+            own = _read_part(target) if target is not None and target.is_file() else None
+            if own is not None:
+                rerun = {(r.method, r.trial_id) for r in rows if r.status != "failed"}
+                keys = list(zip(own.column("method").to_pylist(), own.column("trial_id").to_pylist()))
+                drop = [k in rerun and s == "failed" for k, s in zip(keys, own.column("status").to_pylist())]
+                if any(drop):
+                    own = own.filter(pa.array([not d for d in drop]))
+                    seen -= {k for k, d in zip(keys, drop) if d}
+            fresh = []
+            for r in rows:
+                if (r.method, r.trial_id) not in seen:
+                    seen.add((r.method, r.trial_id))
+                    fresh.append(r)
+            if not fresh:
+                return []
+            new = pa.Table.from_pylist([asdict(r) for r in fresh], schema=SCHEMA)
+            if target is None:
+                target = self.path / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+            elif own is not None:
+                new = pa.concat_tables([own, new])
+            buf = io.BytesIO()
+            pq.write_table(new, buf)
+            write_bytes_atomic(target, buf.getvalue())
+        return fresh
 
     def has_trial(self, method: str, trial_id: str) -> bool:
-        return any(r.method == method and r.trial_id == trial_id for r in self.rows())
+        return (method, trial_id) in self.keys()
+
+    def _adopt_legacy_file(self) -> None:
+        """Turn a one-file ledger of an earlier version into the first part of a ledger folder."""
+        if not self.path.is_file():
+            return
+        with _part_lock(self.path):
+            if not self.path.is_file():
+                return
+            data = self.path.read_bytes()
+            _read_part(self.path)  # refuse to adopt a file that is not a ledger
+            moved = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.legacy")
+            self.path.rename(moved)
+            write_bytes_atomic(self.path / f"{0:020d}-legacy.parquet", data)
+            moved.unlink()
+
+
+def part_name(method: str, search_id: str) -> str:
+    """The part file of one search: sorts after the parts written before the search started."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in method)
+    return f"{time.time_ns():020d}-{safe}-{search_id}"
+
+
+def _read_part(path: Path) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet ledger ({e})") from None
+    missing = [n for n in SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: ledger lacks columns {missing}")
+    return table.select(SCHEMA.names).cast(SCHEMA)
 
 
 def row_config(config: dict) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import math
 import re
 import subprocess
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ _REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>
 
 def code_version() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
@@ -60,7 +61,10 @@ def register_policy(cfg: ExperimentConfig, policy: Policy, method: str, run_id: 
                                            "(JSON in policy/policy.json of each version's source).")
         for mv in client.search_model_versions(f"name='{name}'"):
             if mv.tags.get("da2.search_key") == key:
-                return str(mv.version)  # a resumed search that already registered this result
+                # the same result registered before (a resumed search, or a repeat): it is this search's
+                # version, so the alias moves to it just as it would to a new one
+                client.set_registered_model_alias(name, alias, mv.version)
+                return str(mv.version)
         source = f"{client.get_run(run_id).info.artifact_uri}/policy"
         data_desc = cfg.data.kind if cfg.data.kind == "coco" else f"synthpose(seed={cfg.data.synth_seed})"
         tags = {
@@ -98,13 +102,14 @@ def resolve_version(ref: str, tracking_uri: str | None = None):
 
 def load_registered_policy(ref: str, tracking_uri: str | None = None):
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     from da2_platform.policies import ResolvedPolicy
 
     mv = resolve_version(ref, tracking_uri)
     try:
         local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=POLICY_ARTIFACT)
-    except Exception as e:
+    except (MlflowException, OSError) as e:
         raise TrackingError(f"{ref} (version {mv.version}): cannot fetch {POLICY_ARTIFACT}: {e}") from None
     policy = Policy.load(local)
     return ResolvedPolicy(policy, ref, registry_version=str(mv.version), registry_name=mv.name)
@@ -153,6 +158,8 @@ def _gate(candidate, current, gate: str, min_ap: float | None, alias: str) -> Pr
     def decide(ok: bool, why: str) -> PromotionDecision:
         return PromotionDecision(ok, why, str(candidate.version), alias, str(prev) if prev else None)
 
+    if min_ap is not None and not math.isfinite(min_ap):
+        raise TrackingError(f"--min-ap: {min_ap} is not a number between 0 and 1")
     if gate == "none":
         return decide(True, "gate 'none': promoted without a comparison")
     if metric is None:
@@ -161,6 +168,8 @@ def _gate(candidate, current, gate: str, min_ap: float | None, alias: str) -> Pr
         return decide(False, f"version {candidate.version} has no {metric} tag (run `da2 compare` or a "
                              "confirmation training first)")
     ap = float(candidate.tags[metric])
+    if not math.isfinite(ap):
+        return decide(False, f"version {candidate.version}: {metric} is {ap}, not a number")
     if min_ap is not None and ap < min_ap:
         return decide(False, f"{metric} {ap:.4f} is below the required minimum {min_ap:.4f}")
     if current is None or str(current.version) == str(candidate.version):

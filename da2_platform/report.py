@@ -106,7 +106,7 @@ def write_report(workdir: Path, experiment: str) -> tuple[Report, Path, Path]:
     from da2_platform.files import write_bytes_atomic, write_json_atomic
 
     ledger = CostLedger.for_experiment(workdir, experiment)
-    if not ledger.path.is_file():
+    if not ledger.exists():
         raise DataError(f"no ledger for experiment {experiment!r} at {ledger.path}")
     report = build_report(ledger.rows(), experiment)
     out = Path(workdir) / "reports"

@@ -30,11 +30,13 @@ app.command("demo")(demo.demo)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    from rich.errors import MarkupError
+
     from da2_platform.errors import Da2Error
     from pose_models.weights import BackboneWeightsError
     from search_spaces.policy import PolicyError
 
-    return (Da2Error, PolicyError, BackboneWeightsError)
+    return (Da2Error, PolicyError, BackboneWeightsError, MarkupError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except _known_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {output.plain(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the OS refuses (a folder where a file goes, /proc, no permission, disk full)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {output.plain(where)}{e.strerror or e}", file=sys.stderr)
         return 2
     finally:
         output.json_stream = None

@@ -14,3 +14,21 @@ def parse_hw(text: str, option: str = "--input-size", minimum: int = 16) -> tupl
         raise ConfigError(f"{option}: expected HEIGHTxWIDTH such as 256x192, both at least {minimum}; "
                           f"got {option} {text!r}")
     return int(match[1]), int(match[2])
+
+
+def check_batch_size(value: int, option: str = "--batch-size", maximum: int = 512) -> int:
+    if not 1 <= value <= maximum:
+        raise ConfigError(f"{option}: expected a whole number from 1 to {maximum}; got {value}")
+    return value
+
+
+def parse_input_size(text: str, option: str = "--input-size", maximum: int = 1024) -> tuple[int, int]:
+    """A crop size P2Net accepts (H a multiple of 32, W of 16) and that fits in memory: at most `maximum` a side
+    (the paper's largest is 384x288)."""
+    h, w = parse_hw(text, option, minimum=32)
+    if h > maximum or w > maximum:
+        raise ConfigError(f"{option}: {h}x{w} is larger than {maximum} pixels a side (the paper's largest input "
+                          "is 384x288)")
+    if h % 32 or w % 16:
+        raise ConfigError(f"{option}: {h}x{w}: the height must be a multiple of 32 and the width of 16")
+    return h, w

@@ -12,7 +12,10 @@ from da2_platform.cli.output import console, emit_json, print_table
 def search(
     method: str = typer.Option(..., "--method", "-m", help="da2 | rl | optuna | pba | fixed:NAME"),
     config: Path | None = typer.Option(None, "--config", "-c", help="Experiment YAML (default: embedded demo)."),
-    resume: bool = typer.Option(False, "--resume", help="Restore the Ray Tune experiment and continue it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the search in ray_results/<name>-<method> "
+                                "(only a folder that you own and nobody else can write)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Delete an earlier search's ray_results/<name>-<method> "
+                               "folder and start again (its ledger rows and MLflow runs stay)."),
     workdir: Path | None = typer.Option(None, "--workdir", help="Override the config's workdir."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow server (default: SQLite in "
                                                "the workdir, or MLFLOW_TRACKING_URI)."),
@@ -20,15 +23,23 @@ def search(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Search an augmentation policy with one method and register the best one as a `candidate` version."""
+    from da2_platform.cli.output import safe
     from da2_platform.config import load_config
-    from da2_platform.search.driver import run_search
+    from da2_platform.jobenv import check_shared_workdir
+    from da2_platform.search.driver import check_flags, run_search
     from da2_platform.search.methods import job_factory
 
+    check_flags(resume, fresh)
     cfg = load_config(config, {"workdir": str(workdir)} if workdir else None)
+    check_shared_workdir(cfg.workdir, str(config or "<defaults>"))  # a multi-node job: every node sees it
     factory = job_factory(method)
-    console.print(f"[bold]search[/] {method} on {cfg.name} (workdir {cfg.workdir})")
+    console.print(f"[bold]search[/] {safe(method)} on {safe(cfg.name)} (workdir {safe(cfg.workdir)})")
     outcome = run_search(cfg, method, factory, resume=resume, tracking_uri=tracking_uri,
-                         register=not no_register)
+                         register=not no_register, fresh=fresh)
+    if outcome.failed_trials:
+        console.print(f"[yellow]warning[/] {len(outcome.failed_trials)} trial(s) failed after "
+                      f"{cfg.search.max_failures} retries each: {safe(', '.join(outcome.failed_trials))}; the policy "
+                      "comes from the best completed trial")
     summary = outcome.summary()
     if json_out:
         emit_json({**summary, "policy": outcome.best_policy.to_dict()})
