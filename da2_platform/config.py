@@ -21,20 +21,32 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """Where the images come from. `synthpose` generates a data set under `root` when it is missing."""
+    """Where the images come from. `synthpose` generates a data set under `root` when it is missing.
+
+    Three roles, the same for every method: train, search-val (what searches score candidates on and DA2 takes
+    its d steps on) and val (reported, seen by no search). `search_val` chooses where search-val comes from:
+    `from_train` carves `search_val_fraction` of the train images out (searches then train on the rest), `target`
+    uses a separate labelled set from the target domain (COCO: `search_val_annotations`/`search_val_images`;
+    SynthPose: a third split of `synth_search_val` images in the val style) and searches train on all of train.
+    """
 
     kind: Literal["synthpose", "coco"] = "synthpose"
     root: Path | None = None  # synthpose output folder; default <workdir>/data/synthpose
     synth_train: int = Field(240, ge=1)
     synth_val: int = Field(60, ge=1)
+    synth_search_val: int = Field(60, ge=1)  # SynthPose target split (search_val: target only)
     synth_seed: int = 0
+    synth_shift: Literal["none", "wide"] = "none"  # val/target style against train: same, or wider (a known shift)
     train_annotations: Path | None = None
     train_images: Path | None = None
     val_annotations: Path | None = None
     val_images: Path | None = None
+    search_val: Literal["from_train", "target"] = "from_train"
+    search_val_annotations: Path | None = None  # COCO with search_val: target
+    search_val_images: Path | None = None
     input_size: tuple[int, int] = (64, 48)  # (H, W)
     heatmap_sigma: float | None = Field(None, gt=0)  # None: 2 px at a 64x48 heatmap, scaled with its width
-    search_val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # carved out of train for search scoring
+    search_val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # carved out of train (search_val: from_train)
     loader_workers: int = Field(0, ge=0)
 
     @field_validator("input_size")
@@ -43,6 +55,15 @@ class DataConfig(_Section):
         if v[0] % 32 or v[1] % 16 or min(v) <= 0:
             raise ValueError(f"input_size {v} must be (H, W) with H a multiple of 32 and W a multiple of 16")
         return v
+
+    @model_validator(mode="after")
+    def _target_files(self) -> DataConfig:
+        if self.kind == "coco" and self.search_val == "target":
+            for key in ("search_val_annotations", "search_val_images"):
+                if getattr(self, key) is None:
+                    raise ValueError(f"search_val is 'target' but {key} is not set (the labelled target-domain "
+                                     "set searches score on)")
+        return self
 
 
 class ModelConfig(_Section):
@@ -161,7 +182,8 @@ class ExperimentConfig(_Section):
     def _absolute_paths(self) -> ExperimentConfig:
         """Relative paths mean relative to where the command runs; Ray workers run elsewhere, so pin them now."""
         self.workdir = self.workdir.expanduser().resolve()
-        for key in ("root", "train_annotations", "train_images", "val_annotations", "val_images"):
+        for key in ("root", "train_annotations", "train_images", "val_annotations", "val_images",
+                    "search_val_annotations", "search_val_images"):
             value = getattr(self.data, key)
             if value is not None:
                 setattr(self.data, key, value.expanduser().resolve())

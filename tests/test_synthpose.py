@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -153,3 +154,28 @@ def test_cli_synth_writes_the_same_set(tmp_path: Path, capsys: pytest.CaptureFix
     reference = write_synthpose(tmp_path / "api", train=3, val=2, seed=4, image_size=(128, 160))
     assert tree_digest(Path(summary["root"])) == tree_digest(reference.root)
     assert load(Path(summary["val_annotations"]))["images"][0]["width"] == 160
+
+
+def test_target_split_is_seeded_apart_and_follows_the_shift(tmp_path: Path):
+    wide = write_synthpose(tmp_path / "wide", train=3, val=2, seed=5, target=2)
+    again = write_synthpose(tmp_path / "again", train=3, val=2, seed=5, target=2)
+    assert tree_digest(wide.root) == tree_digest(again.root)  # same seed, same bytes, target included
+    ids = {split: {im["id"] for im in load(path)["images"]}
+           for split, path in (("train", wide.train_annotations), ("val", wide.val_annotations),
+                               ("target", wide.target_annotations))}
+    assert ids["target"] == {2_000_001, 2_000_002}
+    assert not (ids["train"] & ids["target"]) and not (ids["val"] & ids["target"]) and not (ids["train"] & ids["val"])
+    val_png = (wide.val_images / "000001000001.png").read_bytes()
+    assert (wide.target_images / f"{2_000_001:012d}.png").read_bytes() != val_png  # own seeds
+    assert load(wide.target_annotations)["info"]["style"] == load(wide.val_annotations)["info"]["style"] \
+        == json.loads(json.dumps(asdict(VAL_STYLE)))
+    same = write_synthpose(tmp_path / "same", train=3, val=2, seed=5, target=2, shift="none")
+    for path in (same.val_annotations, same.target_annotations, same.train_annotations):
+        assert load(path)["info"]["style"] == json.loads(json.dumps(asdict(TRAIN_STYLE)))
+    # the train split does not depend on the shift; a default set (no target, wide) writes no target files
+    assert tree_digest(same.train_images) == tree_digest(wide.train_images)
+    plain = write_synthpose(tmp_path / "wide", train=3, val=2, seed=5)
+    assert plain.target_annotations is None and not (tmp_path / "wide" / "images" / "target").exists()
+    assert not (tmp_path / "wide" / "annotations" / "person_keypoints_target.json").exists()
+    with pytest.raises(ConfigError, match="shift"):
+        write_synthpose(tmp_path / "bad", train=1, val=1, shift="narrow")

@@ -1,8 +1,11 @@
-"""The three splits every method shares: search-train and search-val carved out of train, and the held-out val.
+"""The three data roles every method shares: train, search-val and the held-out val.
 
-Search methods score policies on search-val (never on val); final AP is measured on val, which no search sees.
-The split is by image (all persons of an image go to one side) and written once as COCO files, so every
-consumer (DA2 d-steps, RL/Optuna children, evaluation) reads the same ids.
+Searches train on search-train and score policies on search-val (DA2 takes its d steps there); final AP is
+measured on val, which no search sees. `data.search_val` says where search-val comes from:
+- `from_train`: carved out of train by image (all persons of an image go to one side), written once as COCO
+  files, so every consumer (DA2 d-steps, RL/Optuna children, evaluation) reads the same ids;
+- `target`: a separate labelled set from the target domain (COCO: given by the user; SynthPose: a third split
+  drawn in the val style with its own seeds); searches then train on all of train.
 """
 
 from __future__ import annotations
@@ -23,32 +26,45 @@ class ExperimentData:
 
     search_train_annotations: Path
     search_val_annotations: Path
-    train_images: Path
+    train_images: Path  # the images of train and search-train
     val_annotations: Path
     val_images: Path
     full_train_annotations: Path
+    search_val_images: Path  # train_images (from_train) or the target set's folder
 
 
 def prepare_data(cfg: ExperimentConfig) -> ExperimentData:
     """Generate SynthPose when configured and missing, then write the search split beside the work dir."""
     data = cfg.data
+    target = data.search_val == "target"
     if data.kind == "synthpose":
         from da2_platform.data.synthpose import write_synthpose
 
         root = data.root or cfg.workdir / "data" / "synthpose"
-        paths = write_synthpose(root, train=data.synth_train, val=data.synth_val, seed=data.synth_seed)
+        paths = write_synthpose(root, train=data.synth_train, val=data.synth_val, seed=data.synth_seed,
+                                shift=data.synth_shift, target=data.synth_search_val if target else 0)
         train_ann, train_img = paths.train_annotations, paths.train_images
         val_ann, val_img = paths.val_annotations, paths.val_images
+        target_ann, target_img = paths.target_annotations, paths.target_images
     else:
-        missing = [k for k in ("train_annotations", "train_images", "val_annotations", "val_images")
-                   if getattr(data, k) is None]
+        needed = ["train_annotations", "train_images", "val_annotations", "val_images"]
+        needed += ["search_val_annotations", "search_val_images"] if target else []
+        missing = [k for k in needed if getattr(data, k) is None]
         if missing:
             raise ConfigError(f"data.kind is 'coco' but data.{missing[0]} is not set")
         train_ann, train_img = Path(data.train_annotations), Path(data.train_images)
         val_ann, val_img = Path(data.val_annotations), Path(data.val_images)
+        target_ann = Path(data.search_val_annotations) if target else None
+        target_img = Path(data.search_val_images) if target else None
+    if target:
+        return ExperimentData(search_train_annotations=train_ann, search_val_annotations=target_ann,
+                              train_images=train_img, val_annotations=val_ann, val_images=val_img,
+                              full_train_annotations=train_ann, search_val_images=target_img)
     split_dir = cfg.workdir / "data" / "splits"
     search_train, search_val = write_search_split(train_ann, split_dir, data.search_val_fraction, cfg.seed)
-    return ExperimentData(search_train, search_val, train_img, val_ann, val_img, train_ann)
+    return ExperimentData(search_train_annotations=search_train, search_val_annotations=search_val,
+                          train_images=train_img, val_annotations=val_ann, val_images=val_img,
+                          full_train_annotations=train_ann, search_val_images=train_img)
 
 
 def write_search_split(train_annotations: Path, out_dir: Path, val_fraction: float, seed: int) -> tuple[Path, Path]:
@@ -59,7 +75,7 @@ def write_search_split(train_annotations: Path, out_dir: Path, val_fraction: flo
         raise ConfigError(f"{train_annotations}: needs at least 2 images to carve a search-val split")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(images))
-    n_val = max(1, int(round(val_fraction * len(images))))
+    n_val = max(1, round(val_fraction * len(images)))
     val_ids = {images[i]["id"] for i in order[:n_val]}
     sides = {"search_train": lambda i: i not in val_ids, "search_val": lambda i: i in val_ids}
     paths = []

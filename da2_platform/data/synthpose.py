@@ -5,10 +5,13 @@ warm-coloured and right limbs cool-coloured, so left/right is learnable and a ho
 Visibility follows COCO: v=2 where the joint's own body part is on top at its pixel, v=1 where something covers
 it (another part, another figure, an occluder, the back of the head), v=0 with x=y=0 outside the image.
 
-The val split is drawn from a wider distribution than train (rotation, scale, occlusion, blur, lighting), so
-a model trained without augmentation loses AP on val and augmentation measurably helps. Every image draws from
-its own generator seeded by (seed, split, index): the same seed writes the same bytes, and the first N images
-do not depend on how many are written.
+Three splits: train, val and an optional target split (a small labelled set from the deployment domain that
+searches may score on; its image ids are disjoint from train and val). `shift` sets the style of val and target
+relative to train: `wide` draws them from a wider distribution (rotation, scale, occlusion, blur, lighting), so a
+model trained without augmentation loses AP there; `none` draws them from the train distribution, where
+augmentation helps only as regularisation of a small train set. Every image draws from its own generator seeded
+by (seed, split, index): the same seed writes the same bytes, and the first N images do not depend on how many
+are written.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ COCO_SKELETON: list[list[int]] = [
     [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7],
 ]
 GENERATOR_VERSION = 1  # bump when the rendering changes, so a cached set is regenerated
-SPLIT_CODES = {"train": 0, "val": 1}
-FIRST_IMAGE_ID = {"train": 1, "val": 1_000_001}
+SPLIT_CODES = {"train": 0, "val": 1, "target": 2}
+FIRST_IMAGE_ID = {"train": 1, "val": 1_000_001, "target": 2_000_001}
+SHIFTS = ("none", "wide")
 SUBPIXEL_BITS = 4  # cv2 drawing takes fixed-point coordinates; 1/16 px keeps joints where they are labelled
 JOINT = {name: i for i, name in enumerate(COCO_KEYPOINT_NAMES)}
 
@@ -49,6 +53,8 @@ class SynthPosePaths:
     train_images: Path  # root/images/train
     val_annotations: Path  # root/annotations/person_keypoints_val.json
     val_images: Path  # root/images/val
+    target_annotations: Path | None = None  # root/annotations/person_keypoints_target.json (when target > 0)
+    target_images: Path | None = None  # root/images/target
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,11 @@ VAL_STYLE = SplitStyle(rotation_deg=60.0, torso_lean_deg=25.0, height_range=(0.3
                        back_view_prob=0.25, occluder_prob=0.7, occluders=(1, 3), occluder_size=(0.12, 0.35),
                        blur_prob=0.6, blur_sigma=(0.6, 2.2), brightness=55.0, contrast=(0.55, 1.45),
                        gamma=(0.6, 1.6), colour_cast=0.2, noise_sigma=(2.0, 10.0))
-STYLES = {"train": TRAIN_STYLE, "val": VAL_STYLE}
+
+
+def split_style(split: str, shift: str) -> SplitStyle:
+    """Train is always TRAIN_STYLE; val and target follow `shift` (none: TRAIN_STYLE, wide: VAL_STYLE)."""
+    return TRAIN_STYLE if split == "train" or shift == "none" else VAL_STYLE
 
 # body model, in figure heights (head top to soles ~ 1)
 TORSO, NECK, HEAD_RADIUS = 0.29, 0.05, 0.065
@@ -107,14 +117,18 @@ class Figure:
 
 def write_synthpose(out: str | Path, train: int = 400, val: int = 100, seed: int = 0,
                     image_size: tuple[int, int] = (256, 256),
-                    on_progress: Callable[[str, int, int], None] | None = None) -> SynthPosePaths:
+                    on_progress: Callable[[str, int, int], None] | None = None, shift: str = "wide",
+                    target: int = 0) -> SynthPosePaths:
     """Write SynthPose under `out` (PNG images, COCO JSON) and return its paths. Idempotent: a set already
     written with the same arguments by this generator version is left as it is.
 
-    `image_size` is (H, W); `on_progress(split, done, total)` is called after every image.
+    `image_size` is (H, W); `on_progress(split, done, total)` is called after every image. `shift` is the style
+    of val and target relative to train (`none` or `wide`); `target` > 0 also writes that many target images.
     """
-    if train < 0 or val < 0:
-        raise ConfigError(f"SynthPose sizes must be >= 0, got train={train}, val={val}")
+    if train < 0 or val < 0 or target < 0:
+        raise ConfigError(f"SynthPose sizes must be >= 0, got train={train}, val={val}, target={target}")
+    if shift not in SHIFTS:
+        raise ConfigError(f"SynthPose shift must be one of {list(SHIFTS)}, got {shift!r}")
     height, width = int(image_size[0]), int(image_size[1])
     if min(height, width) < 64:
         raise ConfigError(f"SynthPose image_size must be at least 64x64, got {height}x{width}")
@@ -123,30 +137,48 @@ def write_synthpose(out: str | Path, train: int = 400, val: int = 100, seed: int
                            train_annotations=root / "annotations" / "person_keypoints_train.json",
                            train_images=root / "images" / "train",
                            val_annotations=root / "annotations" / "person_keypoints_val.json",
-                           val_images=root / "images" / "val")
+                           val_images=root / "images" / "val",
+                           target_annotations=root / "annotations" / "person_keypoints_target.json" if target else None,
+                           target_images=root / "images" / "target" if target else None)
     manifest = {"generator": "synthpose", "version": GENERATOR_VERSION, "seed": int(seed), "train": int(train),
                 "val": int(val), "image_size": [height, width]}
+    if shift != "wide" or target:  # the manifest of a default set stays as it was
+        manifest.update(shift=shift, target=int(target))
     manifest_path = root / "synthpose.json"
     if _already_written(manifest_path, manifest, paths):
         return paths
-    for split, count, ann_path, image_dir in (("train", train, paths.train_annotations, paths.train_images),
-                                              ("val", val, paths.val_annotations, paths.val_images)):
-        coco = _write_split(split, count, seed, (height, width), image_dir, on_progress)
+    for split, count, ann_path, image_dir in _splits(paths, train, val, target):
+        coco = _write_split(split, count, seed, (height, width), image_dir, on_progress, split_style(split, shift))
         write_json_atomic(ann_path, coco, indent=None)
+    if not target:  # a target split an earlier run wrote does not belong to this set
+        (root / "annotations" / "person_keypoints_target.json").unlink(missing_ok=True)
+        stale = root / "images" / "target"
+        _remove_stale_images(stale, set())
+        if stale.is_dir() and not any(stale.iterdir()):
+            stale.rmdir()
     write_json_atomic(manifest_path, manifest)
     return paths
 
 
+def _splits(paths: SynthPosePaths, train: int, val: int, target: int) -> list[tuple[str, int, Path, Path]]:
+    out = [("train", train, paths.train_annotations, paths.train_images),
+           ("val", val, paths.val_annotations, paths.val_images)]
+    if target:
+        out.append(("target", target, paths.target_annotations, paths.target_images))
+    return out
+
+
 def _already_written(manifest_path: Path, manifest: dict[str, Any], paths: SynthPosePaths) -> bool:
-    if not (manifest_path.is_file() and paths.train_annotations.is_file() and paths.val_annotations.is_file()):
+    splits = _splits(paths, manifest["train"], manifest["val"], manifest.get("target", 0))
+    if not (manifest_path.is_file() and all(ann.is_file() for _, _, ann, _ in splits)):
         return False
     try:
         if read_json(manifest_path) != manifest:
             return False
     except DataError:  # an unreadable manifest: write the set again
         return False
-    for split, image_dir in (("train", paths.train_images), ("val", paths.val_images)):
-        for i in range(manifest[split]):
+    for split, count, _, image_dir in splits:
+        for i in range(count):
             if not (image_dir / _file_name(FIRST_IMAGE_ID[split] + i)).is_file():
                 return False
     return True
@@ -157,13 +189,13 @@ def _file_name(image_id: int) -> str:
 
 
 def _write_split(split: str, count: int, seed: int, image_size: tuple[int, int], image_dir: Path,
-                 on_progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+                 on_progress: Callable[[str, int, int], None] | None, style: SplitStyle) -> dict[str, Any]:
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in range(count):
         image_id = FIRST_IMAGE_ID[split] + i
         rng = np.random.default_rng([seed, SPLIT_CODES[split], i])
-        pixels, persons = render_image(rng, image_size, STYLES[split])
+        pixels, persons = render_image(rng, image_size, style)
         ok, png = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
         if not ok:
             raise RuntimeError(f"cv2 could not encode SynthPose image {image_id} as PNG")
@@ -177,7 +209,7 @@ def _write_split(split: str, count: int, seed: int, image_size: tuple[int, int],
     _remove_stale_images(image_dir, {im["file_name"] for im in images})
     return {
         "info": {"description": f"SynthPose {split} (rendered articulated figures)",
-                 "version": str(GENERATOR_VERSION), "style": asdict(STYLES[split])},
+                 "version": str(GENERATOR_VERSION), "style": asdict(style)},
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -188,6 +220,8 @@ def _write_split(split: str, count: int, seed: int, image_size: tuple[int, int],
 
 def _remove_stale_images(image_dir: Path, keep: set[str]) -> None:
     """Images a larger earlier run left behind (only files named the way this generator names them)."""
+    if not image_dir.is_dir():
+        return
     for path in image_dir.glob("*.png"):
         if re.fullmatch(r"\d{12}\.png", path.name) and path.name not in keep:
             path.unlink()
