@@ -1,5 +1,7 @@
 """TPE over the discrete pose space through Ray Tune's OptunaSearch, with ASHA stopping weak children early.
 
+Op types are unordered (a categorical choice); probability and magnitude bins are ordered integers
+(`tune.randint`, which OptunaSearch hands TPE as an `IntDistribution`), so TPE models "bin 3 is near bin 4".
 The decision domains travel in the Tuner's param_space, so constants for the children can sit beside them:
 
     space = DiscreteSpace()
@@ -12,18 +14,24 @@ Metric and mode live in the searcher and the scheduler; do not pass them to Tune
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.discrete import DiscreteSpace
 
+if TYPE_CHECKING:
+    from da2_platform.config import ExperimentConfig
+    from da2_platform.search.driver import TuneJob
+
 
 def optuna_param_space(space: DiscreteSpace) -> dict:
-    """{decision name: tune.choice(range(choices))} in the space's flat order, for Tuner(param_space=...)."""
-    choices_per_kind = space.decisions_per_op()
-    return {name: tune.choice(list(range(choices_per_kind[index % 3])))
-            for index, name in enumerate(space.param_names())}
+    """{decision name: domain} in the space's flat order: op types categorical, p and m bins ordered integers."""
+    types, prob_bins, mag_bins = space.decisions_per_op()
+    domains = (tune.choice(list(range(types))), tune.randint(0, prob_bins), tune.randint(0, mag_bins))
+    return {name: domains[index % 3] for index, name in enumerate(space.param_names())}
 
 
 def make_optuna_search(space: DiscreteSpace, seed: int, metric: str = "val_ap", mode: str = "max") -> OptunaSearch:
@@ -37,6 +45,32 @@ def make_optuna_search(space: DiscreteSpace, seed: int, metric: str = "val_ap", 
 
 def make_asha(metric: str = "val_ap", mode: str = "max", max_t: int = 10, grace_period: int = 1,
               reduction_factor: int = 2) -> ASHAScheduler:
-    """ASHA on training_iteration (one report per child epoch): rungs at grace_period * reduction_factor^k."""
+    """ASHA on training_iteration (one report per evaluation point): rungs at grace_period * reduction_factor^k."""
     return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
                          grace_period=grace_period, reduction_factor=reduction_factor)
+
+
+def make_optuna_job(cfg: ExperimentConfig, data) -> TuneJob:
+    """`da2 search --method optuna`: TPE + ASHA over the platform's child training."""
+    from da2_platform.search.children import (
+        EVALS_PER_CHILD,
+        child_settings,
+        child_trainable,
+        discrete_space,
+        search_params,
+    )
+    from da2_platform.search.driver import TuneJob
+
+    sc = cfg.search.optuna
+    space = discrete_space(sc)
+    return TuneJob(
+        method="optuna",
+        trainable=tune.with_parameters(child_trainable, settings=child_settings(cfg, data, sc, sc.child_steps)),
+        param_space=optuna_param_space(space),
+        tune_config={"search_alg": make_optuna_search(space, seed=cfg.seed), "num_samples": sc.trials,
+                     "max_concurrent_trials": sc.concurrent, "time_budget_s": sc.time_budget_s,
+                     "scheduler": make_asha(max_t=EVALS_PER_CHILD, grace_period=1, reduction_factor=2)},
+        search_params=search_params(cfg, sc, sampler="TPE", scheduler="ASHA", bins="ordered integers"),
+        expected_trials=sc.trials,
+        allow_partial=True,  # ASHA stops weak children before they complete
+    )

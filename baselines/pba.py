@@ -1,8 +1,12 @@
 """Population Based Augmentation: Ray Tune's PopulationBasedTraining over the discrete pose space.
 
 A population of children trains side by side; at every report the bottom quarter copies the weights and the
-policy of a top-quarter child (exploit) and perturbs the policy's decisions (explore). What PBA learns is a
-schedule: the policy each child used from each step on. Children record it and report it as `schedule_json`.
+policy of a top-quarter child (exploit) and perturbs the policy (explore). The explore step is PBA's own
+(Ho et al. 2019, Algorithm 2), not PBT's list mutations (which shift a categorical op type to its neighbour in
+registry order): `PBAExplore`, passed as PBT's `custom_explore_fn`, resamples each op (type, p and m) with
+probability `resample_probability` and otherwise keeps its type and moves its p and m bins by 0..`max_shift`
+bins up or down, clipped to the range. What PBA learns is a schedule: the policy each child used from each step
+on. Children record it and report it as `schedule_json`.
 
     space = DiscreteSpace()
     pbt, start = make_pba(space, seed=0)
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import TYPE_CHECKING
 
 import torch
 from ray import tune
@@ -22,24 +27,50 @@ from ray.tune.schedulers import PopulationBasedTraining
 
 from search_spaces.discrete import DiscreteSpace
 
+if TYPE_CHECKING:
+    from da2_platform.config import ExperimentConfig
+    from da2_platform.search.driver import TuneJob
 
-def pba_mutations(space: DiscreteSpace) -> dict[str, list[int]]:
-    """{decision name: its choices} in the space's flat order (op type, p bin, m bin per op)."""
-    sizes = space.decisions_per_op()
-    return {name: list(range(sizes[index % 3])) for index, name in enumerate(space.param_names())}
+
+class PBAExplore:
+    """PBA's explore on a config of discrete decisions (picklable: PBT's state is saved with the experiment)."""
+
+    def __init__(self, space: DiscreteSpace, seed: int, resample_probability: float = 0.2, max_shift: int = 3):
+        if not 0.0 <= resample_probability <= 1.0 or max_shift < 0:
+            raise ValueError("resample_probability must lie in [0, 1] and max_shift be >= 0")
+        self.space, self.resample_probability, self.max_shift = space, resample_probability, max_shift
+        self.rng = random.Random(seed)
+
+    def __call__(self, config: dict) -> dict:
+        decisions = self.space.from_config(config)
+        types, prob_bins, mag_bins = self.space.decisions_per_op()
+        for base in range(0, len(decisions), 3):
+            if self.rng.random() < self.resample_probability:
+                decisions[base:base + 3] = [self.rng.randrange(types), self.rng.randrange(prob_bins),
+                                            self.rng.randrange(mag_bins)]
+            else:
+                decisions[base + 1] = self._shift(decisions[base + 1], prob_bins)
+                decisions[base + 2] = self._shift(decisions[base + 2], mag_bins)
+        return {**config, **self.space.to_config(decisions)}
+
+    def _shift(self, value: int, bins: int) -> int:
+        amount = self.rng.randint(0, self.max_shift)
+        moved = value + amount if self.rng.random() < 0.5 else value - amount
+        return min(max(moved, 0), bins - 1)
 
 
 def make_pba(space: DiscreteSpace, seed: int, metric: str = "val_ap", mode: str = "max",
-             resample_probability: float = 0.2, quantile_fraction: float = 0.25
+             resample_probability: float = 0.2, max_shift: int = 3, quantile_fraction: float = 0.25
              ) -> tuple[PopulationBasedTraining, dict]:
-    """The PBT scheduler and the Tuner's param_space of seeded random starting decisions."""
-    mutations = pba_mutations(space)
-    random.seed(seed)  # PBT explores with Python's global `random`; it takes no seed of its own
+    """The PBT scheduler with PBA's explore, and the Tuner's param_space of seeded random starting decisions."""
+    random.seed(seed)  # PBT picks exploit targets with Python's global `random`; it takes no seed of its own
     pbt = PopulationBasedTraining(time_attr="training_iteration", metric=metric, mode=mode,
-                                  perturbation_interval=1, hyperparam_mutations=mutations,
-                                  resample_probability=resample_probability, quantile_fraction=quantile_fraction)
+                                  perturbation_interval=1, quantile_fraction=quantile_fraction,
+                                  custom_explore_fn=PBAExplore(space, seed, resample_probability, max_shift))
     rng = torch.Generator().manual_seed(seed)
-    start = {name: tune.sample_from(_seeded_choice(len(choices), rng)) for name, choices in mutations.items()}
+    sizes = space.decisions_per_op()
+    start = {name: tune.sample_from(_seeded_choice(sizes[index % 3], rng))
+             for index, name in enumerate(space.param_names())}
     return pbt, start
 
 
@@ -55,3 +86,30 @@ def best_schedule(results: list[dict], metric: str = "val_ap") -> str | None:
 
 def _seeded_choice(n: int, rng: torch.Generator):
     return lambda _spec: int(torch.randint(0, n, (1,), generator=rng))
+
+
+def make_pba_job(cfg: ExperimentConfig, data) -> TuneJob:
+    """`da2 search --method pba`: PBT with PBA's explore over the platform's child training."""
+    from da2_platform.search.children import child_settings, child_trainable, discrete_space, search_params
+    from da2_platform.search.driver import TuneJob
+
+    sc = cfg.search.pba
+    pbt, start = make_pba(discrete_space(sc), seed=cfg.seed)
+
+    def artifacts(results: list[dict]) -> dict[str, bytes]:
+        schedule = best_schedule(results)
+        return {"policy/schedule.json": schedule.encode()} if schedule else {}
+
+    return TuneJob(
+        method="pba",
+        trainable=tune.with_parameters(child_trainable, settings=child_settings(cfg, data, sc, sc.child_steps)),
+        param_space=start,
+        tune_config={"scheduler": pbt, "num_samples": sc.trials, "max_concurrent_trials": sc.concurrent,
+                     "time_budget_s": sc.time_budget_s},
+        search_params=search_params(cfg, sc, scheduler="PopulationBasedTraining", explore="PBA (resample 0.2, "
+                                    "shift p/m by 0-3 bins)"),
+        artifacts=artifacts,
+        keep_checkpoints=None,
+        expected_trials=sc.trials,
+        allow_partial=sc.time_budget_s is not None,
+    )

@@ -190,3 +190,107 @@ def test_init_weights_starts_every_training_from_a_trained_p2net(tmp_path):
         build_model(bad)
     with pytest.raises(TrainingError, match="missing.pt not found"):
         build_model(ExperimentConfig.model_validate({"model": {"init_weights": str(tmp_path / "missing.pt")}}))
+
+
+# -- one loop for production, children and final trainings ------------------------------------------------------
+
+def _child_settings(synth, child_steps: int | None, evals: int = 1) -> dict:
+    return {"train_annotations": str(synth.train_annotations), "train_images": str(synth.train_images),
+            "eval_annotations": str(synth.val_annotations), "eval_images": str(synth.val_images),
+            "child_steps": child_steps, "evals": evals}
+
+
+def _seen_images(fit) -> list[torch.Tensor]:
+    """The images the network trains on, after whichever augmentation path ran."""
+    seen: list[torch.Tensor] = []
+    fit.model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone())
+                                        if module.training else None)
+    return seen
+
+
+
+
+def _brighter():
+    from search_spaces.policy import OpSetting, Policy
+
+    return Policy.uniform([[OpSetting("Brightness", 1.0, 1.0)]], name="brighter")
+
+
+@pytest.mark.parametrize("augment_on", ["device", "loader"])
+@pytest.mark.parametrize("kind", ["child", "final"])
+def test_children_and_final_trainings_augment_under_both_settings(synthpose_small, tmp_path, augment_on, kind):
+    """A policy that changes pixels gives other training batches than fixed:none, wherever the policy runs."""
+    from da2_platform.search.children import child_fit, run_child
+    from search_spaces.fixed import fixed_policy
+
+    cfg = small_config(tmp_path, synthpose_small, augment_on=augment_on, epochs=1, max_steps_per_epoch=1,
+                       flip_test=False)
+    settings = _child_settings(synthpose_small, child_steps=1 if kind == "child" else None)
+    batches, reports = {}, []
+    for name, policy in (("none", fixed_policy("none")), ("brighter", _brighter())):
+        fit = child_fit(cfg, settings, policy, torch.device("cpu"))
+        seen = _seen_images(fit)
+        run_child(fit, settings, lambda metrics, blob: reports.append(metrics))
+        batches[name] = seen
+    assert len(batches["none"]) == len(batches["brighter"]) == 1  # one training step each
+    assert [r["complete"] for r in reports] == [True, True]
+    none, brighter = batches["none"][0], batches["brighter"][0]
+    assert none.shape == brighter.shape
+    assert (brighter - none).abs().mean() > 0.02, "the policy did not reach the training batch"
+
+
+def test_child_step_and_production_step_reach_identical_weights(synthpose_small, tmp_path):
+    """With the policy fixed, a search child and `da2 train`'s loop take the same steps to the same weights."""
+    from da2_platform.search.children import child_fit, run_child
+    from search_spaces.fixed import fixed_policy
+
+    cfg = small_config(tmp_path, synthpose_small, epochs=1, max_steps_per_epoch=2)
+    policy = fixed_policy("standard-pose")
+    child = child_fit(cfg, _child_settings(synthpose_small, child_steps=2), policy, torch.device("cpu"))
+    run_child(child, _child_settings(synthpose_small, child_steps=2), lambda metrics, blob: None)
+
+    ds = TopDownDataset(synthpose_small.train_annotations, synthpose_small.train_images, input_size=INPUT)
+    production = Fit(cfg, build_model(cfg, ds.num_joints), ds, policy, torch.device("cpu"))
+    production.run()
+    assert child.state.step == production.state.step == 2
+    a, b = child.model.state_dict(), production.model.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_fit_resumed_mid_epoch_matches_uninterrupted(synthpose_small, tmp_path):
+    """PBT restores children between reports, mid-epoch: the checkpoint carries the position in the epoch."""
+    from search_spaces.fixed import fixed_policy
+
+    cfg = small_config(tmp_path, synthpose_small, epochs=2, max_steps_per_epoch=2, lr_milestones=[1])
+    ds = TopDownDataset(synthpose_small.train_annotations, synthpose_small.train_images, input_size=INPUT)
+    policy = fixed_policy("standard-pose")
+    straight = Fit(cfg, build_model(cfg), ds, policy, torch.device("cpu"))
+    straight.run()
+    per_epoch = straight.steps_per_epoch()
+    assert per_epoch == 2 and straight.state.step == 4
+
+    first = Fit(cfg, build_model(cfg), ds, policy, torch.device("cpu"))
+    first.run(max_steps=per_epoch + 1)  # stops one step into the second epoch
+    path = first.save(tmp_path / "mid.pt")
+    payload = load_checkpoint(path)
+    assert payload["kind"] == "p2net-training" and payload["version"] == 2
+    assert payload["state"]["epoch"] == 1 and payload["state"]["epoch_steps"] == 1
+    resumed = Fit(cfg, build_model(cfg.model_copy(update={"seed": cfg.seed + 1})), ds, policy, torch.device("cpu"))
+    resumed.load(path)
+    resumed.run()
+    assert resumed.state.step == straight.state.step and resumed.state.epoch == 2
+    assert [h["steps"] for h in resumed.state.history] == [per_epoch, per_epoch]
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_checkpoint_kind_and_version_are_checked(tmp_path):
+    torch.save({"kind": "something-else", "version": 2, "model": {}}, tmp_path / "other.pt")
+    with pytest.raises(TrainingError, match="field 'kind' is 'something-else'"):
+        load_checkpoint(tmp_path / "other.pt")
+    torch.save({"kind": "p2net-training", "version": 99, "model": {}}, tmp_path / "future.pt")
+    with pytest.raises(TrainingError, match="field 'version' is 99"):
+        load_checkpoint(tmp_path / "future.pt")
+    torch.save({"format": 1, "model": {}, "state": {"epoch": 1}}, tmp_path / "v1.pt")
+    assert load_checkpoint(tmp_path / "v1.pt")["version"] == 1  # files written before 'kind' still load

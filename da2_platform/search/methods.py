@@ -1,4 +1,9 @@
-"""The search methods by their CLI names: each maps to the function that builds its Ray Tune job."""
+"""The search methods by their CLI names: `job_factory` maps each to the one function that builds its Tune job.
+
+DA2's builder is the platform's own (`da2_platform.search.da2_job`); the baselines' builders live with the
+baselines (`baselines/rl_autoaugment/job.py`, `baselines/optuna_search.py`, `baselines/pba.py`,
+`baselines/fixed.py`).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,25 @@ METHODS = ("da2", "rl", "optuna", "pba", "fixed:NAME")
 
 
 def job_factory(method: str) -> Callable:
+    """The job builder `(cfg, data) -> TuneJob` of a method; an unknown method or fixed policy fails here."""
     if method == "da2":
         from da2_platform.search.da2_job import make_da2_job
 
         return make_da2_job
-    if method in ("rl", "optuna", "pba") or method.startswith("fixed:"):
-        from da2_platform.search import children
+    if method == "rl":
+        from baselines.rl_autoaugment.job import make_rl_job
 
-        return children.job_factory(method)
+        return make_rl_job
+    if method == "optuna":
+        from baselines.optuna_search import make_optuna_job
+
+        return make_optuna_job
+    if method == "pba":
+        from baselines.pba import make_pba_job
+
+        return make_pba_job
+    if method.startswith("fixed:"):
+        from baselines.fixed import make_fixed_job
+
+        return make_fixed_job(method.removeprefix("fixed:"))  # an unknown name raises PolicyError now
     raise ConfigError(f"--method: unknown method {method!r}; use one of {', '.join(METHODS)}")

@@ -1,13 +1,19 @@
-"""The training loop around `TrainingStep`: data loading, epochs, checkpoints, evaluation.
+"""The one resumable training loop around `TrainingStep`: data order, augmentation, epochs, checkpoints.
 
-The same `Fit` runs in a Ray Train worker (`da2 train`, DDP across GPUs), inside a Ray Tune trial (search
-children) and in a plain process (tests, benchmarks). Data order and augmentation draws are seeded per epoch,
-so a run resumed from an epoch checkpoint reaches the same weights as an uninterrupted one.
+Production training (`da2 train`, one Ray Train worker per GPU), every search child (RL, Optuna, PBA, fixed) and
+every final training of `da2 compare` run `Fit`. Data order is seeded per (seed, epoch, rank); the policy's draws
+are seeded per step on the device (`augment_on: device`) or per epoch in the loader workers (`augment_on:
+loader`), so a run resumed from any checkpoint -- at an epoch end or mid-epoch, as PBT's exploit does -- takes
+the same batches and augmentation draws as an uninterrupted one.
+
+One checkpoint format for all of them: a dict with `kind` ("p2net-training") and `version`, the model
+config, the weights, optimizer and lr-scheduler state and the loop state, loadable with `weights_only=True`.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +27,7 @@ from da2_platform.data.topdown import TopDownDataset
 from da2_platform.errors import TrainingError
 from da2_platform.files import write_bytes_atomic
 from da2_platform.training.step import (
+    StepMetrics,
     TrainingStep,
     make_optimizer,
     make_scheduler,
@@ -30,7 +37,9 @@ from pose_models import P2Net, build_p2net
 from pose_models.losses import P2NetLoss
 from search_spaces.policy import Policy
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_KIND = "p2net-training"
+CHECKPOINT_VERSION = 2  # 1: the earlier {"format": 1} files, still readable (epoch-end state only)
+CHECKPOINT_FILE = "checkpoint.pt"  # the file name inside a Ray Train / Tune checkpoint folder
 
 
 def build_model(cfg: ExperimentConfig, num_joints: int = 17) -> P2Net:
@@ -62,13 +71,34 @@ def load_init_weights(model: P2Net, path: str | Path) -> None:
                             f"unexpected {unexpected[:5]}); check model.preset and the joint count")
 
 
+def augmentation_seed(cfg: ExperimentConfig, index: int, rank: int = 0) -> int:
+    """The seed of the policy's draws at step `index` (device) or epoch `index` (loader) on worker `rank`."""
+    return (cfg.seed * 1_000_003 + index) * 64 + rank
+
+
+class StepSeededAugment:
+    """The torch compilation of a policy whose draws are reseeded at every step: resumable at any step."""
+
+    def __init__(self, policy: Policy, flip_pairs, device: torch.device, seed_of_step: Callable[[int], int]):
+        self.generator = torch.Generator(device=device) if device.type == "cuda" else torch.Generator()
+        self.module = policy.to_torch(flip_pairs, generator=self.generator).to(device)
+        self.seed_of_step = seed_of_step
+        self.step = 0  # set by the loop before each call
+
+    def __call__(self, batch):
+        self.generator.manual_seed(self.seed_of_step(self.step))
+        return self.module(batch)
+
+
 def device_augment(cfg: ExperimentConfig, policy: Policy | None, flip_pairs, device: torch.device, seed: int):
-    """The torch compilation of the policy, applied on the device after cropping (None when not needed)."""
+    """The torch compilation of the policy on the device with one seeded generator (None when not on the device).
+
+    `Fit` reseeds per step instead (`StepSeededAugment`); this form serves benchmarks that drive `TrainingStep`
+    themselves."""
     if policy is None or cfg.train.augment_on != "device":
         return None
-    generator = torch.Generator(device=device).manual_seed(seed) if device.type == "cuda" else \
-        torch.Generator().manual_seed(seed)
-    return policy.to_torch(flip_pairs, generator=generator).to(device)
+    generator = torch.Generator(device=device) if device.type == "cuda" else torch.Generator()
+    return policy.to_torch(flip_pairs, generator=generator.manual_seed(seed)).to(device)
 
 
 def epoch_loader(dataset: Dataset, cfg: ExperimentConfig, epoch: int, rank: int = 0, world: int = 1) -> DataLoader:
@@ -98,17 +128,36 @@ def _seed_worker(worker_id: int) -> None:
 
 @dataclass
 class FitState:
-    """Everything a checkpoint holds, as tensors and plain values (loadable with weights_only=True)."""
+    """Everything a checkpoint holds besides tensors, as plain values (loadable with weights_only=True)."""
 
     epoch: int = 0  # epochs completed
-    step: int = 0
+    step: int = 0  # optimisation steps taken
+    epoch_steps: int = 0  # steps taken in the unfinished epoch
+    epoch_loss: float = 0.0  # their summed loss
     device_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # the caller's JSON-able state (a child's PBA schedule, its wall time)
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "epoch_steps": self.epoch_steps,
+                "epoch_loss": self.epoch_loss, "device_seconds": self.device_seconds, "history": self.history,
+                "extra_json": json.dumps(self.extra)}
+
+    @classmethod
+    def from_dict(cls, s: dict) -> FitState:
+        return cls(epoch=int(s["epoch"]), step=int(s["step"]), epoch_steps=int(s.get("epoch_steps", 0)),
+                   epoch_loss=float(s.get("epoch_loss", 0.0)), device_seconds=float(s["device_seconds"]),
+                   history=list(s["history"]), extra=json.loads(s.get("extra_json", "{}")))
+
+
+# on_step(fit, metrics) after every step; on_epoch_end(fit) after every epoch
+StepHook = Callable[["Fit", StepMetrics], None]
 
 
 @dataclass
 class Fit:
-    """Train `model` for cfg.train.epochs on `dataset` with an optional policy; resumable at epoch ends."""
+    """Train `model` on `dataset` with an optional policy: cfg.train.epochs epochs (production, final trainings)
+    or `max_steps` steps across epochs (search children); resumable after any step."""
 
     cfg: ExperimentConfig
     model: torch.nn.Module
@@ -121,60 +170,91 @@ class Fit:
     state: FitState = field(default_factory=FitState)
 
     def __post_init__(self) -> None:
-        self.loss_fn = P2NetLoss(ohkm_topk=self.cfg.model.ohkm_topk)
-        self.optimizer = make_optimizer(self.model, self.cfg.train)
-        self.scheduler = make_scheduler(self.optimizer, self.cfg.train)
-        if self.cfg.train.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-
-    def run(self, on_epoch_end: Callable[[Fit], None] | None = None,
-            progress: Callable[[int, int, float], None] | None = None) -> FitState:
         cfg = self.cfg
-        for epoch in range(self.state.epoch, cfg.train.epochs):
+        self.loss_fn = P2NetLoss(ohkm_topk=cfg.model.ohkm_topk)
+        self.optimizer = make_optimizer(self.model, cfg.train)
+        self.scheduler = make_scheduler(self.optimizer, cfg.train)
+        if cfg.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.augment = None
+        if self.policy is not None and cfg.train.augment_on == "device":
+            self.augment = StepSeededAugment(self.policy, self.dataset.flip_pairs, self.device,
+                                             lambda step: augmentation_seed(cfg, step, self.rank))
+        self.step_fn = TrainingStep(self.model, self.loss_fn, self.optimizer, cfg.train, cfg.data.input_size,
+                                    self.device, self.augment, cfg.data.heatmap_sigma)
+
+    def steps_per_epoch(self) -> int:
+        batches = len(epoch_loader(self.dataset, self.cfg, 0, self.rank, self.world))
+        return min(self.cfg.train.max_steps_per_epoch or batches, batches)
+
+    def total_steps(self) -> int:
+        """Steps of cfg.train.epochs epochs (what `run()` without `max_steps` takes)."""
+        return self.cfg.train.epochs * self.steps_per_epoch()
+
+    def _use_epoch_augmentation(self, epoch: int) -> None:
+        """`augment_on: loader`: albumentations in the loader workers, seeded per epoch."""
+        if self.policy is not None and self.cfg.train.augment_on == "loader":
+            self.dataset.transform = self.policy.to_albumentations(
+                self.dataset.flip_pairs, seed=augmentation_seed(self.cfg, epoch, self.rank))
+        else:
+            self.dataset.transform = None
+
+    def run(self, max_steps: int | None = None, on_step: StepHook | None = None,
+            on_epoch_end: Callable[[Fit], None] | None = None,
+            progress: Callable[[int, int, float], None] | None = None) -> FitState:
+        cfg, state = self.cfg, self.state
+
+        def more() -> bool:
+            return state.epoch < cfg.train.epochs if max_steps is None else state.step < max_steps
+
+        while more():
+            epoch = state.epoch
             seed_everything(cfg.seed * 7919 + epoch)
-            aug_seed = cfg.seed * 104729 + epoch * 31 + self.rank
-            augment = device_augment(cfg, self.policy, self.dataset.flip_pairs, self.device, aug_seed)
-            if self.policy is not None and cfg.train.augment_on == "loader":
-                # albumentations in the loader workers, seeded per epoch like the device path
-                self.dataset.transform = self.policy.to_albumentations(self.dataset.flip_pairs, seed=aug_seed)
-            step_fn = TrainingStep(self.model, self.loss_fn, self.optimizer, cfg.train, cfg.data.input_size,
-                                   self.device, augment, cfg.data.heatmap_sigma)
-            step_fn.step = self.state.step
+            self._use_epoch_augmentation(epoch)
             loader = epoch_loader(self.dataset, cfg, epoch, self.rank, self.world)
-            limit = cfg.train.max_steps_per_epoch or len(loader)
-            losses = []
-            for i, samples in enumerate(loader):
-                if i >= limit:
-                    break
-                metrics = step_fn(samples)
-                losses.append(metrics.loss)
-                self.state.device_seconds += metrics.wall_seconds * self.devices_held
-                if progress is not None:
-                    progress(i + 1, min(limit, len(loader)), metrics.loss)
-            if not losses:
+            limit = min(cfg.train.max_steps_per_epoch or len(loader), len(loader))
+            if limit == 0:
                 raise TrainingError(f"epoch {epoch}: no training batches (dataset has {len(self.dataset)} crops, "
                                     f"batch size {cfg.train.batch_size})")
+            batches = iter(loader)
+            for _ in range(state.epoch_steps):  # resumed mid-epoch: replay the loader up to where it stopped
+                next(batches)
+            while state.epoch_steps < limit and (max_steps is None or state.step < max_steps):
+                samples = next(batches)
+                self.step_fn.step = state.step
+                if self.augment is not None:
+                    self.augment.step = state.step
+                metrics = self.step_fn(samples)
+                state.step = self.step_fn.step
+                state.epoch_steps += 1
+                state.epoch_loss += metrics.loss
+                state.device_seconds += metrics.wall_seconds * self.devices_held
+                if progress is not None:
+                    progress(state.epoch_steps, limit, metrics.loss)
+                if on_step is not None:
+                    on_step(self, metrics)
+            if state.epoch_steps < limit:  # stopped at max_steps mid-epoch
+                break
             self.scheduler.step()
-            self.state.step = step_fn.step
-            self.state.epoch = epoch + 1
-            self.state.history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses),
-                                       "steps": len(losses), "time": time.time()})
+            state.history.append({"epoch": epoch + 1, "loss": state.epoch_loss / state.epoch_steps,
+                                  "steps": state.epoch_steps, "time": time.time()})
+            state.epoch, state.epoch_steps, state.epoch_loss = epoch + 1, 0, 0.0
             if on_epoch_end is not None:
                 on_epoch_end(self)
-        return self.state
+        return state
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def checkpoint_bytes(self) -> bytes:
-        model = self.model.module if hasattr(self.model, "module") else self.model
+        model = _unwrap(self.model)
         payload = {
-            "format": CHECKPOINT_FORMAT,
+            "kind": CHECKPOINT_KIND,
+            "version": CHECKPOINT_VERSION,
             "model_config": dict(model.config),
             "input_size": list(self.cfg.data.input_size),
             "model": model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "state": {"epoch": self.state.epoch, "step": self.state.step,
-                      "device_seconds": self.state.device_seconds, "history": self.state.history},
+            "state": self.state.to_dict(),
         }
         buf = io.BytesIO()
         torch.save(payload, buf)
@@ -188,9 +268,7 @@ class Fit:
         _unwrap(self.model).load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
-        s = payload["state"]
-        self.state = FitState(epoch=int(s["epoch"]), step=int(s["step"]),
-                              device_seconds=float(s["device_seconds"]), history=list(s["history"]))
+        self.state = FitState.from_dict(payload["state"])
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -198,16 +276,23 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def load_checkpoint(path: str | Path, expect_config: dict | None = None) -> dict:
-    """Load a P2Net checkpoint safely (weights_only=True); a different architecture is a clear error."""
+    """Load a P2Net training checkpoint safely (weights_only=True); a different architecture is a clear error."""
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt or non-torch file, or one that needs unpickling code
+    except Exception as e:  # noqa: BLE001 -- a corrupt or non-torch file, or one that needs unpickling code
         raise TrainingError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "model" not in payload:
-        raise TrainingError(f"{path}: not a da2-platform checkpoint (missing 'format'/'model' fields)")
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise TrainingError(f"{path}: not a da2-platform checkpoint (missing 'kind'/'version'/'model' fields)")
+    if payload.get("format") == 1 and "kind" not in payload:  # version 1 files, written before 'kind' existed
+        payload = {**payload, "kind": CHECKPOINT_KIND, "version": 1}
+    if payload.get("kind") != CHECKPOINT_KIND:
+        raise TrainingError(f"{path}: field 'kind' is {payload.get('kind')!r}, expected {CHECKPOINT_KIND!r}")
+    if payload.get("version") not in (1, CHECKPOINT_VERSION):
+        raise TrainingError(f"{path}: field 'version' is {payload.get('version')!r}; this code reads 1 and "
+                            f"{CHECKPOINT_VERSION}")
     if expect_config is not None:
         got = dict(payload.get("model_config", {}))
         diff = {k: (got.get(k), v) for k, v in expect_config.items() if k != "pretrained_path" and got.get(k) != v}
