@@ -17,15 +17,21 @@ app = typer.Typer(help="SynthPose, and checks of any COCO person-keypoints data 
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to write into (images/ and annotations/).")],
     train: Annotated[int, typer.Option("--train", min=0, help="Training images.")] = 400,
-    val: Annotated[int, typer.Option("--val", min=0, help="Validation images (a wider distribution).")] = 100,
+    val: Annotated[int, typer.Option("--val", min=0, help="Validation images.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="The same seed writes the same bytes.")] = 0,
+    shift: Annotated[str, typer.Option("--shift", help="Style of val and target against train: none (the same "
+                                                       "distribution) or wide (rotation, scale, occlusion, "
+                                                       "blur, lighting).")] = "wide",
+    target: Annotated[int, typer.Option("--target", min=0, help="Target-domain images (val style, own seeds): "
+                                                               "a search-val set for data.search_val: target.")] = 0,
     image_size: Annotated[str, typer.Option("--image-size", help="Image HEIGHTxWIDTH.")] = "256x256",
     json_out: Annotated[bool, typer.Option("--json", help="Print the written paths as JSON on stdout.")] = False,
 ) -> None:
-    """Write SynthPose, a COCO person-keypoints set of rendered figures whose val split is harder than train.
+    """Write SynthPose, a COCO person-keypoints set of rendered figures (train, val and an optional target split).
 
-    17 COCO joints with visibility flags, boxes and areas, 1-3 persons per image, textured backgrounds; val
-    adds rotation, scale, occlusion, blur and lighting changes. The same seed writes the same bytes."""
+    17 COCO joints with visibility flags, boxes and areas, 1-3 persons per image, textured backgrounds; with
+    --shift wide, val and target add rotation, scale, occlusion, blur and lighting changes. The same seed writes
+    the same bytes."""
     from rich.progress import Progress
 
     from da2_platform.data.synthpose import write_synthpose
@@ -39,11 +45,15 @@ def synth(
                 tasks[split] = progress.add_task(f"SynthPose {split}", total=total)
             progress.update(tasks[split], completed=done)
 
-        paths = write_synthpose(out, train=train, val=val, seed=seed, image_size=size, on_progress=on_progress)
+        paths = write_synthpose(out, train=train, val=val, seed=seed, image_size=size, on_progress=on_progress,
+                                shift=shift, target=target)
     summary = {"root": str(paths.root), "train_annotations": str(paths.train_annotations),
                "train_images": str(paths.train_images), "val_annotations": str(paths.val_annotations),
                "val_images": str(paths.val_images), "train": train, "val": val, "seed": seed,
-               "image_size": list(size)}
+               "image_size": list(size), "shift": shift}
+    if target:
+        summary.update(target_annotations=str(paths.target_annotations), target_images=str(paths.target_images),
+                       target=target)
     if json_out:
         emit_json(summary)
     else:
