@@ -63,6 +63,8 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be an annotations, policy or results file") from None
 
 
 _PSEUDO_FS = (Path("/proc"), Path("/sys"), Path("/dev"))

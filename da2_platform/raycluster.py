@@ -32,7 +32,13 @@ def init_local_ray(**kwargs) -> None:
 
     os.environ[LOCAL_ONLY_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time by Ray's address helpers
-    ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    try:
+        ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    except Exception as e:  # Ray raises a bare Exception when its raylet starts too slowly
+        if "timed out during startup" not in str(e):
+            raise
+        ray.shutdown()  # a loaded machine: Ray gives its raylet 30 s; give it a second chance
+        ray.init(_node_ip_address="127.0.0.1", **kwargs)
 
 
 def cluster_has_gpus() -> bool:

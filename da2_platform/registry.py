@@ -36,13 +36,23 @@ def code_version() -> str:
 
 
 def _client(tracking_uri: str | None = None):
+    """A registry client; a SQLite store that does not exist yet is an error, not a new empty database."""
+    import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     from da2_platform.tracking import point_mlflow_at
 
-    if tracking_uri:
-        point_mlflow_at(tracking_uri)
-    return MlflowClient()
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(f"no MLflow store at {uri}: nothing was searched or registered with this work "
+                            "directory (give --workdir, --config or --tracking-uri)")
+    try:
+        if tracking_uri:
+            point_mlflow_at(tracking_uri)
+        return MlflowClient()
+    except (MlflowException, ValueError) as e:
+        raise TrackingError(f"tracking URI {uri!r}: {getattr(e, 'message', e)}") from None
 
 
 def register_policy(cfg: ExperimentConfig, policy: Policy, method: str, run_id: str, val_ap: float,
@@ -142,13 +152,27 @@ def promote(name: str, version: str, alias: str = "production", gate: str = "fin
         current = None
     decision = _gate(candidate, current, gate, min_ap, alias)
     if decision.allowed:
-        client.set_registered_model_alias(name, alias, candidate.version)
+        try:
+            client.set_registered_model_alias(name, alias, candidate.version)
+        except MlflowException as e:
+            raise TrackingError(f"--alias {alias!r}: {e.message}") from None
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         for key, value in {"da2.promoted_to": alias, "da2.promoted_by": getpass.getuser(),
                            "da2.promoted_at": stamp, "da2.promotion_reason": (decision.reason + " " + note).strip()
                            }.items():
             client.set_model_version_tag(name, candidate.version, key, value)
     return decision
+
+
+ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+
+
+def check_alias(alias: str) -> str:
+    """MLflow's alias rule (letters, digits, `_` and `-`; not `latest` nor `v<number>`), checked up front."""
+    if not ALIAS.match(alias) or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise TrackingError(f"--alias: {alias!r} is not a valid alias (letters, digits, '_' and '-'; not 'latest' "
+                            "or v<number>)")
+    return alias
 
 
 def _gate(candidate, current, gate: str, min_ap: float | None, alias: str) -> PromotionDecision:

@@ -8,6 +8,7 @@ MLFLOW_TRACKING_URI.
 from __future__ import annotations
 
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -69,13 +70,31 @@ def setup_tracking(cfg: ExperimentConfig, override: str | None = None) -> str:
     check_tracking(uri)
     point_mlflow_at(uri)
     name = cfg.tracking.experiment or cfg.name
+    for attempt in range(3):
+        try:
+            existing = mlflow.get_experiment_by_name(name)
+            if existing is not None:
+                return existing.experiment_id
+            location = artifact_root(cfg) if uri.startswith("sqlite:") else None
+            return mlflow.create_experiment(name, artifact_location=location)
+        except TrackingError:
+            raise
+        except Exception as e:
+            # another driver creating the same store or experiment at the same moment: look again
+            raced = _experiment_id(name)
+            if raced is not None:
+                return raced
+            if attempt == 2:
+                raise TrackingError(f"MLflow at {uri} refused the experiment {name!r}: {e}") from None
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
+
+
+def _experiment_id(name: str) -> str | None:
+    import mlflow
+
     try:
         existing = mlflow.get_experiment_by_name(name)
-        if existing is not None:
-            return existing.experiment_id
-        location = artifact_root(cfg) if uri.startswith("sqlite:") else None
-        return mlflow.create_experiment(name, artifact_location=location)
-    except TrackingError:
-        raise
-    except Exception as e:
-        raise TrackingError(f"MLflow at {uri} refused the experiment {name!r}: {e}") from None
+    except Exception:  # noqa: BLE001 -- the caller reports the first error
+        return None
+    return None if existing is None else existing.experiment_id

@@ -23,21 +23,33 @@ def promote(
     json_out: bool = typer.Option(False, "--json", help="Print the decision as JSON on stdout."),
 ) -> None:
     """Move the alias to VERSION only when the gate holds; refuse with the reason otherwise (exit 1)."""
+    import math
     from dataclasses import asdict
 
+    from da2_platform.cli.output import safe
     from da2_platform.config import load_config
+    from da2_platform.errors import ConfigError
+    from da2_platform.registry import check_alias
     from da2_platform.registry import promote as do_promote
     from da2_platform.tracking import check_tracking, resolve_tracking_uri
 
+    if min_ap is not None and not (math.isfinite(min_ap) and 0.0 <= min_ap <= 1.0):
+        raise ConfigError(f"--min-ap: expected an AP between 0 and 1, got {min_ap}")
+    if gate not in ("final-ap", "val-ap", "none"):
+        raise ConfigError(f"--gate: {gate!r} is not one of final-ap, val-ap, none")
+    if not version.isdigit():
+        raise ConfigError(f"VERSION: expected a version number such as 3, got {version!r}")
+    check_alias(alias)
     cfg = load_config(config, {"workdir": str(workdir)} if workdir else None)
     uri = resolve_tracking_uri(cfg, tracking_uri)
-    check_tracking(uri)
+    if not uri.startswith("sqlite:///"):  # a SQLite store must exist already (checked without creating it)
+        check_tracking(uri)
     decision = do_promote(name or cfg.tracking.registered_policy, version, alias, gate, min_ap, note, uri)
     if json_out:
         emit_json(asdict(decision))
     elif decision.allowed:
-        console.print(f"[green]promoted[/] version {decision.version} to @{alias}: {decision.reason}")
+        console.print(f"[green]promoted[/] version {decision.version} to @{safe(alias)}: {safe(decision.reason)}")
     else:
-        console.print(f"[red]refused[/] version {decision.version} for @{alias}: {decision.reason}")
+        console.print(f"[red]refused[/] version {decision.version} for @{safe(alias)}: {safe(decision.reason)}")
     if not decision.allowed:
         raise typer.Exit(code=1)

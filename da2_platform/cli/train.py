@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from da2_platform.cli.options import parse_hw
 from da2_platform.cli.output import console, emit_json, print_table
 
 
@@ -73,17 +72,21 @@ def predict(
     json_out: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout."),
 ) -> None:
     """Top-down inference with ground-truth or detector boxes; the output feeds `da2 evaluate`."""
+    from da2_platform.cli.options import check_batch_size, parse_input_size
     from da2_platform.data.topdown import TopDownDataset
     from da2_platform.errors import DataError
-    from da2_platform.files import read_json, write_json_atomic
+    from da2_platform.files import check_output_file, read_json, write_json_atomic
     from da2_platform.inference import predict_dataset
     from da2_platform.training.loop import load_checkpoint, model_from_checkpoint
     from da2_platform.training.step import pick_device
 
     if decoder not in ("standard", "dark"):
         raise DataError(f"--decoder: {decoder!r} is not one of standard, dark")
+    check_batch_size(batch_size)
+    check_output_file(out, "--out")  # before any compute, so a bad path costs nothing
+    requested = parse_input_size(input_size) if input_size else None
     model = model_from_checkpoint(checkpoint)
-    size = parse_hw(input_size) if input_size else tuple(load_checkpoint(checkpoint)["input_size"])
+    size = requested or tuple(load_checkpoint(checkpoint)["input_size"])
     det = read_json(boxes, "detections file") if boxes else None
     dataset = TopDownDataset(annotations, images, input_size=size, boxes=det, require_keypoints=False)
     results = predict_dataset(model, dataset, pick_device(), batch_size, flip_test, decoder)

@@ -131,7 +131,7 @@ def load_coco_keypoints(path: str | Path, what: str = "annotations file") -> Coc
         instances.append(PersonInstance(ann_id=ann_id, image_id=int(image_id), bbox=bbox, keypoints=keypoints,
                                         area=area, num_keypoints=int((keypoints[:, 2] > 0).sum())))
     return CocoKeypoints(path=path, dataset=data, category_id=category["id"], keypoint_names=names,
-                         skeleton=[list(map(int, s)) for s in category.get("skeleton", [])],
+                         skeleton=_skeleton(path, category.get("skeleton", []), len(names)),
                          images=images, instances=instances, persons=persons, skipped=dict(skipped),
                          skipped_ann_ids=box_skipped)
 
@@ -146,6 +146,21 @@ def _keypoint_category(path: Path, categories: list[Any]) -> dict[str, Any]:
     if not isinstance(category.get("id"), int):
         raise DataError(f"{path}: category {category.get('name')!r} has no integer 'id'")
     return category
+
+
+def _skeleton(path: Path, value: Any, num_joints: int) -> list[list[int]]:
+    """COCO's limb list: pairs of 1-based joint numbers."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DataError(f"{path}: categories: skeleton: expected a list of [joint, joint] pairs, got "
+                        f"{type(value).__name__}")
+    for index, pair in enumerate(value):
+        if not (isinstance(pair, list) and len(pair) == 2
+                and all(isinstance(j, int) and not isinstance(j, bool) and 1 <= j <= num_joints for j in pair)):
+            raise DataError(f"{path}: categories: skeleton[{index}]: expected a pair of joint numbers from 1 to "
+                            f"{num_joints}, got {str(pair)[:80]}")
+    return [list(pair) for pair in value]
 
 
 def _index_images(path: Path, entries: list[Any]) -> dict[int, dict[str, Any]]:

@@ -178,12 +178,11 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
     """`stopper` (a `control.BudgetStopper`) caps the search's device-seconds and lets another thread stop it.
 
     A new search refuses an existing experiment folder unless `fresh` (delete it) or `resume` (continue it)."""
+    from da2_platform.files import check_output_dir
     from da2_platform.raycluster import ensure_ray
     from da2_platform.search.control import BudgetStopper
     from da2_platform.search.trial import trial_resources
     from da2_platform.tracking import setup_tracking
-
-    from da2_platform.files import check_output_dir
 
     check_flags(resume, fresh)
     check_output_dir(cfg.workdir, "workdir")
@@ -262,10 +261,7 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
         with _RECORD_LOCK:
             outcome = record_search(cfg, method, results, job, wall, recorder, register, partial_ok)
             write_json_atomic(recorded, outcome.to_record())
-        if recorder.defer_cleanup and recorder.delete_checkpoints:
-            for trial_dir in path.iterdir():
-                if trial_dir.is_dir():
-                    _delete_checkpoints(trial_dir)
+        recorder.delete_finished_checkpoints(path)
     except SearchInterrupted:
         recorder.end_search("KILLED")
         raise
@@ -330,10 +326,13 @@ class SearchRecorder(tune.Callback):
         self.defer_cleanup = defer_cleanup  # PBT exploits finished trials' checkpoints: delete them at the end
         self._runs: dict[str, str] = {}
         self._ended: set[str] = set()
+        self._finished: list[Path] = []  # trials finished since Tune last saved its state
+        self._saved_finished: list[Path] = []  # finished before that save
         self._mlflow = None
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment; the client stays here
-        return {**self.__dict__, "_mlflow": None, "_runs": {}, "_ended": set()}
+        return {**self.__dict__, "_mlflow": None, "_runs": {}, "_ended": set(), "_finished": [],
+                "_saved_finished": []}
 
     @property
     def ledger(self) -> CostLedger:
@@ -386,8 +385,24 @@ class SearchRecorder(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self.record_trial(_trial_record(trial), retries=trial.num_failures)
-        if self.delete_checkpoints and not self.defer_cleanup and trial.local_path:
-            _delete_checkpoints(Path(trial.local_path))
+        if self.delete_checkpoints and not self.defer_cleanup and trial.path:
+            self._finished.append(Path(trial.path))
+
+    def get_state(self) -> None:
+        """Called as Tune saves its experiment state. A finished trial's checkpoints go once a saved state
+        records it as finished (the save before this one: that one has been copied to storage since), so a
+        restore never looks for a checkpoint that is gone."""
+        for trial_dir in self._saved_finished:
+            _delete_checkpoints(trial_dir)
+        self._saved_finished, self._finished = self._finished, []
+
+    def delete_finished_checkpoints(self, experiment_dir: Path) -> None:
+        """After the search: every trial's checkpoints (the search is recorded; nothing will restore them)."""
+        self._finished, self._saved_finished = [], []
+        if self.delete_checkpoints and experiment_dir.is_dir():
+            for trial_dir in experiment_dir.iterdir():
+                if trial_dir.is_dir():
+                    _delete_checkpoints(trial_dir)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self.record_trial(_trial_record(trial), retries=max(0, trial.num_failures - 1))

@@ -1,0 +1,161 @@
+"""Faults, for real: a driver killed with SIGKILL while it records, a Ray worker killed mid-trial, two drivers on one
+experiment at once. Each search runs as its own `da2 search` process with its own local Ray; every process a test
+starts is stopped by its process group."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray  # noqa: F401 -- Ray bundles psutil and puts it on sys.path
+import yaml
+
+from da2_platform.ledger import CostLedger
+
+pytestmark = pytest.mark.slow
+
+
+psutil = pytest.importorskip("psutil")
+
+
+def write_config(workdir: Path, synth, **search) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = {"name": "faults", "seed": 0, "workdir": str(workdir),
+           "data": {"root": str(synth.root), "synth_train": 24, "synth_val": 8},
+           "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16},
+           "search": {"rl": {"trials": 2, "child_steps": 2, "concurrent": 1, "sub_policies": 2}, **search}}
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start(args: list[str], workdir: Path, tag: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    log = open(workdir / f"{tag}.log", "wb")  # noqa: SIM115 -- the child writes it
+    return subprocess.Popen([sys.executable, "-m", "da2_platform", "search", *args], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """The driver and everything it started (Ray's GCS, raylet, workers share its process group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        assert proc.poll() is None, f"exited {proc.returncode} before {what}: {log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    pytest.fail(f"no {what} within {timeout} s: {log.read_text()[-3000:]}")
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        stop_group(proc)  # whatever Ray left behind
+    assert proc.returncode == 0, log.read_text()[-4000:]
+
+
+def client_for(workdir: Path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_driver_killed_while_recording_then_resumed_counts_each_trial_once(synthpose_small, tmp_path):
+    workdir = tmp_path / "w"
+    cfg = write_config(workdir, synthpose_small)
+    ledger = CostLedger.for_experiment(workdir, "faults")
+    proc = start(["--method", "rl", "--config", str(cfg)], workdir, "first")
+    try:
+        wait_for(lambda: ledger.exists() and len(ledger.rows()) >= 1, proc, workdir / "first.log", 240,
+                 "ledger row")
+        os.kill(proc.pid, signal.SIGKILL)  # the driver, the moment its first trial is recorded
+    finally:
+        stop_group(proc)
+    first_rows = ledger.rows()
+    assert len(first_rows) >= 1
+    client = client_for(workdir)
+    parent = client.get_run(first_rows[0].search_run_id)
+    assert parent.info.status == "RUNNING"  # killed: nothing could end it
+
+    again = start(["--method", "rl", "--config", str(cfg), "--resume", "--json"], workdir, "resume")
+    finish(again, workdir / "resume.log")
+    rows = ledger.rows()
+    assert len(rows) == 2 and len({r.trial_id for r in rows}) == 2  # one row per trial, none twice
+    assert {r.search_run_id for r in rows} == {parent.info.run_id}
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    versions = client.search_model_versions("name='pose-aug-policy'")
+    assert len(versions) == 1
+    assert str(client.get_model_version_by_alias("pose-aug-policy", "candidate").version) == str(
+        versions[0].version)
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["da2.trial_id"] for c in children) == sorted(r.trial_id for r in rows)
+    assert all(c.info.status == "FINISHED" for c in children)
+    # finished trials keep no checkpoint
+    assert not list((workdir / "ray_results" / "faults-rl").glob("*/checkpoint_*"))
+
+
+def test_worker_killed_mid_trial_is_retried_and_the_ledger_marks_it(synthpose_small, tmp_path):
+    workdir = tmp_path / "w"
+    cfg = write_config(workdir, synthpose_small, rl={"trials": 1, "child_steps": 6, "concurrent": 1,
+                                                      "sub_policies": 2})
+    proc = start(["--method", "rl", "--config", str(cfg), "--json"], workdir, "search")
+    experiment = workdir / "ray_results" / "faults-rl"
+    log = workdir / "search.log"
+    try:
+        wait_for(lambda: bool(list(experiment.glob("*/checkpoint_*"))), proc, log, 240, "first checkpoint")
+
+        def trial_worker():
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    if "rl_trial" in " ".join(child.cmdline()):
+                        return child
+                except psutil.Error:
+                    continue
+            return None
+
+        wait_for(lambda: trial_worker() is not None, proc, log, 60, "trial worker process")
+        trial_worker().send_signal(signal.SIGKILL)
+        proc.wait(timeout=300)
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 0, log.read_text()[-4000:]
+    rows = CostLedger.for_experiment(workdir, "faults").rows()
+    assert len(rows) == 1 and rows[0].status == "completed" and rows[0].steps == 6
+    assert json.loads(rows[0].extra_json)["retries"] == 1
+    client = client_for(workdir)
+    trial_run = client.search_runs([client.get_experiment_by_name("faults").experiment_id],
+                                   f"tags.da2.trial_id = '{rows[0].trial_id}'")[0]
+    assert trial_run.data.tags["da2.retries"] == "1" and trial_run.info.status == "FINISHED"
+    assert str(client.get_model_version_by_alias("pose-aug-policy", "candidate").version) == "1"
+
+
+def test_two_drivers_on_one_experiment_keep_every_row(synthpose_small, tmp_path):
+    workdir = tmp_path / "w"
+    cfg = write_config(workdir, synthpose_small)
+    procs = [start(["--method", m, "--config", str(cfg)], workdir, m.replace(":", "-"))
+             for m in ("fixed:none", "fixed:standard-pose")]
+    for proc, m in zip(procs, ("fixed-none", "fixed-standard-pose")):
+        finish(proc, workdir / f"{m}.log")
+    ledger = CostLedger.for_experiment(workdir, "faults")
+    rows = ledger.rows()
+    assert sorted(r.method for r in rows) == ["fixed:none", "fixed:standard-pose"]
+    assert len(ledger.parts()) == 2  # one part per search
