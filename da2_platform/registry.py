@@ -213,35 +213,44 @@ def tag_final_ap(name: str, version: str, final_ap: float, source: str) -> None:
 def register_trained_model(cfg: ExperimentConfig, checkpoint: Path, metrics: dict, policy_ref: str | None,
                            policy_version: str | None, policy_name: str | None,
                            tracking_uri: str | None = None) -> tuple[str, str]:
-    """Log a training run with its checkpoint and register it as a version of cfg.tracking.registered_model."""
+    """Log a training run and register its P2Net as an MLflow pytorch model (a version of
+    cfg.tracking.registered_model) that `mlflow.pytorch.load_model("models:/p2net/<version>")` loads; the raw
+    checkpoint (weights + optimiser, for `da2 predict` and resuming) is kept beside it as an artifact."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from da2_platform.mlflow_model import log_p2net
     from da2_platform.tracking import setup_tracking
+    from da2_platform.training.loop import model_from_checkpoint
 
     experiment_id = setup_tracking(cfg, tracking_uri)
     client = _client()
     name = cfg.tracking.registered_model
+    net = model_from_checkpoint(checkpoint)
     with mlflow.start_run(experiment_id=experiment_id, run_name="p2net-train") as run:
-        mlflow.set_tags({"da2.kind": "train", "da2.policy_ref": policy_ref or "none",
-                         "da2.policy_version": policy_version or "", "da2.policy_name": policy_name or ""})
+        lineage = {"da2.policy_ref": policy_ref or "none", "da2.policy_version": policy_version or "",
+                   "da2.policy_name": policy_name or ""}
+        mlflow.set_tags({"da2.kind": "train", **lineage})
         mlflow.log_params({"model": cfg.model.preset or cfg.model.backbone, "epochs": cfg.train.epochs,
                            "input_size": "x".join(map(str, cfg.data.input_size)), "lr": cfg.train.lr,
-                           "batch_size": cfg.train.batch_size})
+                           "batch_size": cfg.train.batch_size, "policy_ref": policy_ref or "none",
+                           "policy_version": policy_version or ""})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         mlflow.log_artifact(str(checkpoint), "checkpoint")
         mlflow.log_text(json.dumps(cfg.model_dump(mode="json"), indent=2), "config.json")
+        info = log_p2net(net, tuple(cfg.data.input_size), int(net.config.get("num_joints", 17)), seed=cfg.seed)
         try:
             try:
                 client.get_registered_model(name)
             except MlflowException:
-                client.create_registered_model(name, description="P2Net checkpoints trained by da2-platform")
+                client.create_registered_model(name, description="P2Net models trained by da2-platform")
             tags = {"da2.policy_ref": policy_ref or "none", "da2.code_version": code_version(),
-                    "da2.val_ap": f"{float(metrics.get('val_AP', 0.0)):.6f}"}
+                    "da2.val_ap": f"{float(metrics.get('val_AP', 0.0)):.6f}",
+                    "da2.checkpoint": f"{run.info.artifact_uri}/checkpoint/{Path(checkpoint).name}"}
             if policy_version:
                 tags.update({"da2.policy_version": policy_version, "da2.policy_name": policy_name or ""})
-            mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id,
-                                             tags=tags)
+            mv = client.create_model_version(name, source=info.model_uri, run_id=run.info.run_id, tags=tags,
+                                             model_id=info.model_id)
         except MlflowException as e:
             raise TrackingError(f"registering model {name!r}: {e.message}") from None
     return run.info.run_id, str(mv.version)

@@ -1,8 +1,10 @@
 """`da2 train` on Ray Train: one TorchTrainer worker per GPU (DDP), CPU workers where there is none.
 
-Each epoch rank 0 writes a checkpoint that Ray persists under <workdir>/ray_results/<run>; `--resume` hands the
-latest one back to the workers, which continue from that epoch with the same data order and augmentation
-draws. At the end rank 0 evaluates on the val split with flip test (pycocotools) and reports COCO AP.
+Each epoch rank 0 writes a checkpoint that Ray persists under <workdir>/ray_results/<run>. `--resume` starts the
+same run (same name, same storage) again: Ray Train V2 finds the run's checkpoint snapshot there and hands the
+latest checkpoint to the workers (`ray.train.get_checkpoint`), which continue from that epoch with the same data
+order and augmentation draws. At the end rank 0 evaluates on the val split with flip test (pycocotools) and
+reports COCO AP; the final checkpoint is `result.checkpoint`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from da2_platform.data.splits import prepare_data
 from da2_platform.errors import TrainingError
 
 CHECKPOINT_FILE = "checkpoint.pt"
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's reported checkpoints
 
 
 @dataclass
@@ -49,12 +52,10 @@ def train_worker(config: dict) -> None:
     model = build_model(cfg, dataset.num_joints)
     model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
     fit = Fit(cfg, model, dataset, policy, device, rank=rank, world=world, devices_held=config["devices_held"])
-    checkpoint = ray.train.get_checkpoint()  # Ray Train's own restore of this run, if it did one
+    checkpoint = ray.train.get_checkpoint()  # Ray Train's own restore of this run (--resume, a worker retry)
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             fit.load(Path(d) / CHECKPOINT_FILE)
-    elif config["resume_from"]:  # --resume: the latest checkpoint the driver found in the run's storage
-        fit.load(Path(config["resume_from"]) / CHECKPOINT_FILE)
 
     def report_epoch(f: Fit) -> None:
         metrics = {"epoch": f.state.epoch, "step": f.state.step, "loss": f.state.history[-1]["loss"],
@@ -86,14 +87,12 @@ def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = 
     storage = (cfg.workdir / "ray_results").resolve()
     run_name = run_name or f"train-{cfg.name}"
     run_dir = storage / run_name
-    latest = latest_ray_checkpoint(run_dir)
     if run_dir.exists() and not resume:
         if not fresh:
             raise TrainingError(f"a training run named {run_name!r} already exists in {storage}: pass --resume to "
                                 "continue it from its latest checkpoint, or --fresh to start over")
         shutil.rmtree(run_dir)
-        latest = None
-    if resume and latest is None:
+    if resume and not (run_dir / SNAPSHOT_FILE).is_file():
         raise TrainingError(f"--resume: no checkpoint of run {run_name!r} under {storage}")
     data = prepare_data(cfg)
     ensure_ray()
@@ -110,7 +109,6 @@ def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = 
             "val_annotations": str(data.val_annotations),
             "val_images": str(data.val_images),
             "devices_held": devices_held,
-            "resume_from": str(latest) if latest else None,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
@@ -123,20 +121,11 @@ def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = 
     except Exception as e:  # surface the worker's own error (NaN loss, bad data) in one line
         raise TrainingError(f"training run {run_name!r} failed: {_root_cause(e)}") from e
     wall = time.perf_counter() - start
-    final_ckpt = latest_ray_checkpoint(run_dir)
-    if final_ckpt is None:
+    final = Path(result.checkpoint.path) / CHECKPOINT_FILE if result.checkpoint is not None else None
+    if final is None or not final.is_file():  # storage_path is a local or mounted folder (checked by the config)
         raise TrainingError(f"training run {run_name!r} finished without a checkpoint in {run_dir}")
     metrics = dict(result.metrics or {})
-    return TrainOutcome(run_name, run_dir, final_ckpt / CHECKPOINT_FILE, metrics, wall,
-                        float(metrics.get("device_seconds", 0.0)))
-
-
-def latest_ray_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint folder Ray persisted for a run (they are named checkpoint_<timestamp>...)."""
-    if not run_dir.is_dir():
-        return None
-    found = [p.parent for p in run_dir.rglob(CHECKPOINT_FILE) if p.parent.name.startswith("checkpoint")]
-    return max(found, key=lambda p: (p / CHECKPOINT_FILE).stat().st_mtime) if found else None
+    return TrainOutcome(run_name, run_dir, final, metrics, wall, float(metrics.get("device_seconds", 0.0)))
 
 
 def _root_cause(e: BaseException) -> str:
