@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from da2_platform.errors import ConfigError
+from da2_platform.jobenv import refuse_relative_in_job
 
 
 class _Section(BaseModel):
@@ -177,6 +178,19 @@ class ExperimentConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir_not_relative_in_job(cls, v: Path) -> Path:
+        refuse_relative_in_job(v, "workdir")  # in a Ray job it would land in Ray's temporary copy of the checkout
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _data_root_not_relative_in_job(cls, v: DataConfig) -> DataConfig:
+        if v.root is not None:
+            refuse_relative_in_job(v.root, "data.root")
+        return v
 
     @model_validator(mode="after")
     def _absolute_paths(self) -> ExperimentConfig:

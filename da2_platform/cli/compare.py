@@ -22,8 +22,10 @@ def compare(
     """Run the methods side by side, train a fresh model with each best policy, and write the report."""
     from da2_platform.compare import run_compare
     from da2_platform.config import load_config
+    from da2_platform.jobenv import check_shared_workdir
 
     cfg = load_config(config, {"workdir": str(workdir)} if workdir else None)
+    check_shared_workdir(cfg.workdir, str(config or "<defaults>"))  # a multi-node job: every node sees it
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     run_compare(cfg, chosen, budget_device_hours, tracking_uri,
                 progress=lambda msg: console.print(f"[bold cyan]compare[/] {msg}"))

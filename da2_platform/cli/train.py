@@ -26,6 +26,7 @@ def train(
 
     The trained model is registered as a version of `p2net` whose tags name the exact policy version used."""
     from da2_platform.config import load_config
+    from da2_platform.jobenv import check_shared_workdir
     from da2_platform.policies import resolve_policy
     from da2_platform.registry import register_trained_model
     from da2_platform.tracking import setup_tracking
@@ -37,6 +38,7 @@ def train(
     if workdir is not None:
         overrides["workdir"] = str(workdir)
     cfg = load_config(config, overrides)
+    check_shared_workdir(cfg.workdir, str(config or "<defaults>"))  # a multi-node job: every node sees it
     if not no_register or (policy or "").startswith("models:/"):
         setup_tracking(cfg, tracking_uri)  # an unreachable server fails here, before any compute
     resolved = resolve_policy(policy) if policy else None
