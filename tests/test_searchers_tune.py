@@ -122,3 +122,24 @@ def test_optuna_search_with_asha_drives_a_tune_run(ray_session, tmp_path) -> Non
         assert set(result.config) == set(SPACE.param_names())  # children receive the decision keys only
         SPACE.to_policy(SPACE.from_config(result.config))  # and every point decodes to a valid policy
     assert len({tuple(SPACE.from_config(result.config)) for result in results}) == 6
+    limits = SPACE.decisions_per_op()
+    for result in results:  # sampled bins are whole numbers in range, as ints (not floats or strings)
+        for index, name in enumerate(SPACE.param_names()):
+            value = result.config[name]
+            assert type(value) is int and 0 <= value < limits[index % 3], (name, value)
+
+
+def test_optuna_sees_probability_and_magnitude_bins_as_ordered_integers() -> None:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    distributions = OptunaSearch.convert_search_space(optuna_param_space(SPACE))
+    types, prob_bins, mag_bins = SPACE.decisions_per_op()
+    for name, distribution in distributions.items():
+        if name.endswith("_type"):  # op types have no order: a categorical choice
+            assert isinstance(distribution, optuna.distributions.CategoricalDistribution)
+            assert list(distribution.choices) == list(range(types))
+        else:  # TPE models bin 3 as near bin 4
+            bins = prob_bins if name.endswith("_prob") else mag_bins
+            assert isinstance(distribution, optuna.distributions.IntDistribution), name
+            assert (distribution.low, distribution.high, distribution.step) == (0, bins - 1, 1)
