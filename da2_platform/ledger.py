@@ -175,8 +175,8 @@ def part_name(method: str, search_id: str) -> str:
 
 
 def _read_part(path: Path) -> pa.Table:
-    try:
-        table = pq.read_table(path)
+    try:  # one read of the bytes: a writer may replace the part between two opens of its path
+        table = pq.read_table(pa.BufferReader(path.read_bytes()))
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet ledger ({e})") from None
     missing = [n for n in SCHEMA.names if n not in table.column_names]

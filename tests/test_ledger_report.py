@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -84,3 +86,47 @@ def test_report_command_writes_table_and_plot(tmp_path, capsys):
     assert json.loads((tmp_path / "reports" / "hand.json").read_text())["experiment"] == "hand"
     assert main(["report", "nothing", "--workdir", str(tmp_path)]) == 2
     assert "no ledger for experiment 'nothing'" in capsys.readouterr().err
+
+
+def _append_many(path: str, writer: int, count: int) -> None:
+    ledger = CostLedger(path)
+    for i in range(count):
+        ledger.append([row("rl", f"w{writer}-t{i}", 0.01, 0.5, "2026-01-01T00:00:00")],
+                      part=f"{writer:020d}-search{writer}" if writer % 2 else None)
+
+
+def test_concurrent_appends_from_several_processes_keep_every_row(tmp_path):
+    """Two kinds of writers at once: searches rewriting their own part, and one-off appends (new parts)."""
+    import multiprocessing
+
+    path = tmp_path / "ledger" / "hand.parquet"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(path), w, 15)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    rows = CostLedger(path).rows()
+    assert len(rows) == 60 and len({r.trial_id for r in rows}) == 60
+
+
+def test_append_is_idempotent_by_trial_and_a_rerun_replaces_a_failed_row(tmp_path):
+    ledger = CostLedger.for_experiment(tmp_path, "hand")
+    first = row("rl", "t0", 1.0, 0.4, "2026-01-01T00:00:00", status="failed")
+    assert ledger.append([first], part="0-search") == [first]
+    assert ledger.append([first], part="0-search") == []  # a resume records nothing twice
+    assert ledger.append([row("rl", "t0", 1.0, 0.5, "2026-01-01T00:00:00")]) == []  # nor does another writer
+    done = row("rl", "t0", 2.0, 0.6, "2026-01-01T01:00:00")
+    assert ledger.append([done], part="0-search") == [done]  # the failed trial, resumed to its end
+    assert ledger.rows() == [done]
+
+
+def test_a_one_file_ledger_of_an_earlier_version_is_read_and_adopted(tmp_path):
+    path = tmp_path / "ledger" / "hand.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist([asdict(r) for r in HAND_LEDGER[:2]], schema=SCHEMA), path)
+    ledger = CostLedger(path)
+    assert ledger.rows() == HAND_LEDGER[:2]
+    ledger.append(HAND_LEDGER[2:4])
+    assert path.is_dir() and ledger.rows() == HAND_LEDGER[:4]
