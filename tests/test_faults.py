@@ -94,6 +94,11 @@ def test_driver_killed_while_recording_then_resumed_counts_each_trial_once(synth
     client = client_for(workdir)
     parent = client.get_run(first_rows[0].search_run_id)
     assert parent.info.status == "RUNNING"  # killed: nothing could end it
+    # live MLflow: the trial that ended before the search did already has its per-report curves
+    ended = client.search_runs([parent.info.experiment_id],
+                               f"tags.da2.trial_id = '{first_rows[0].trial_id}'")[0]
+    assert [m.step for m in client.get_metric_history(ended.info.run_id, "train_loss")] == [1, 2]
+    assert len(client.get_metric_history(ended.info.run_id, "val_ap")) >= 2
 
     again = start(["--method", "rl", "--config", str(cfg), "--resume", "--json"], workdir, "resume")
     finish(again, workdir / "resume.log")
