@@ -98,7 +98,7 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """The one training recipe shared by production training and every search method's children."""
 
-    epochs: int = Field(6, ge=1)  # the CPU demo's; COCO configs set their own
+    epochs: int = Field(5, ge=1)  # the CPU demo's; COCO configs set their own
     max_steps_per_epoch: int | None = Field(None, ge=1)
     batch_size: int = Field(16, ge=1)
     optimizer: Literal["adam", "adamw"] = "adam"

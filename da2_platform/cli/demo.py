@@ -35,7 +35,7 @@ def demo(
     workdir = workdir.expanduser().resolve()
     log_path = workdir / "logs" / f"demo-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.log"
     with libraries_to_log(log_path) as terminal:
-        terminal.print(f"Ray, Tune and MLflow output goes to {log_path}")
+        terminal.print(f"Ray, Tune and MLflow output goes to {log_path}", soft_wrap=True)
         _run(terminal, workdir, config, methods, pretrain_steps)
         import ray
 
