@@ -63,7 +63,7 @@ def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float, what:
     pytest.fail(f"no {what} within {timeout} s: {log.read_text()[-3000:]}")
 
 
-def finish(proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 480) -> None:
     try:
         proc.wait(timeout=timeout)
     finally:
@@ -120,31 +120,31 @@ def test_driver_killed_while_recording_then_resumed_counts_each_trial_once(synth
 
 def test_worker_killed_mid_trial_is_retried_and_the_ledger_marks_it(synthpose_small, tmp_path):
     workdir = tmp_path / "w"
-    cfg = write_config(workdir, synthpose_small, rl={"trials": 1, "child_steps": 6, "concurrent": 1,
+    cfg = write_config(workdir, synthpose_small, rl={"trials": 1, "child_steps": 12, "concurrent": 1,
                                                       "sub_policies": 2})
     proc = start(["--method", "rl", "--config", str(cfg), "--json"], workdir, "search")
     experiment = workdir / "ray_results" / "faults-rl"
     log = workdir / "search.log"
+
+    def reporting_worker():
+        """The process of the trial's first report (Tune writes its pid into result.json)."""
+        for results in experiment.glob("*/result.json"):
+            for line in results.read_text().splitlines():
+                pid = json.loads(line).get("pid")
+                if pid and pid in {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}:
+                    return pid
+        return None
+
     try:
-        wait_for(lambda: bool(list(experiment.glob("*/checkpoint_*"))), proc, log, 240, "first checkpoint")
-
-        def trial_worker():
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                try:
-                    if "rl_trial" in " ".join(child.cmdline()):
-                        return child
-                except psutil.Error:
-                    continue
-            return None
-
-        wait_for(lambda: trial_worker() is not None, proc, log, 60, "trial worker process")
-        trial_worker().send_signal(signal.SIGKILL)
+        wait_for(lambda: bool(list(experiment.glob("*/checkpoint_*"))) and reporting_worker() is not None, proc,
+                 log, 240, "first report and checkpoint")
+        os.kill(reporting_worker(), signal.SIGKILL)  # the Ray worker running the trial, mid-trial
         proc.wait(timeout=300)
     finally:
         stop_group(proc)
     assert proc.returncode == 0, log.read_text()[-4000:]
     rows = CostLedger.for_experiment(workdir, "faults").rows()
-    assert len(rows) == 1 and rows[0].status == "completed" and rows[0].steps == 6
+    assert len(rows) == 1 and rows[0].status == "completed" and rows[0].steps == 12
     assert json.loads(rows[0].extra_json)["retries"] == 1
     client = client_for(workdir)
     trial_run = client.search_runs([client.get_experiment_by_name("faults").experiment_id],

@@ -9,7 +9,9 @@ nothing twice. A policy is registered only when the search completed, from its b
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -365,7 +367,8 @@ class SearchRecorder(tune.Callback):
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self.trial_run(trial.trial_id)
+        with BestEffort("open the trial's MLflow run"):
+            self.trial_run(trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         from mlflow.entities import Metric
@@ -375,16 +378,16 @@ class SearchRecorder(tune.Callback):
         metrics = [Metric(k, float(result[k]), stamp, step) for k in LIVE_METRICS
                    if isinstance(result.get(k), (int, float)) and math.isfinite(float(result[k]))]
         if metrics:
-            with _MLFLOW_LOCK:
+            with BestEffort("log a report to MLflow"), _MLFLOW_LOCK:
                 self.client.log_batch(self.trial_run(trial.trial_id), metrics=metrics)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         """A worker died or the trial raised, and Tune retries it from its last checkpoint."""
-        with _MLFLOW_LOCK:
+        with BestEffort("tag a retry in MLflow"), _MLFLOW_LOCK:
             self.client.set_tag(self.trial_run(trial.trial_id), "da2.retries", str(trial.num_failures))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self.record_trial(_trial_record(trial), retries=trial.num_failures)
+        self.record_trial(_trial_record(trial), retries=trial.num_failures, strict=False)
         if self.delete_checkpoints and not self.defer_cleanup and trial.path:
             self._finished.append(Path(trial.path))
 
@@ -399,16 +402,15 @@ class SearchRecorder(tune.Callback):
     def delete_finished_checkpoints(self, experiment_dir: Path) -> None:
         """After the search: every trial's checkpoints (the search is recorded; nothing will restore them)."""
         self._finished, self._saved_finished = [], []
-        if self.delete_checkpoints and experiment_dir.is_dir():
-            for trial_dir in experiment_dir.iterdir():
-                if trial_dir.is_dir():
-                    _delete_checkpoints(trial_dir)
+        if self.delete_checkpoints:
+            delete_experiment_checkpoints(experiment_dir)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self.record_trial(_trial_record(trial), retries=max(0, trial.num_failures - 1))
+        self.record_trial(_trial_record(trial), retries=max(0, trial.num_failures - 1), strict=False)
 
-    def record_trial(self, record: dict, retries: int = 0) -> LedgerRow:
-        """The trial's ledger row (once) and its nested run's final metrics and status (once)."""
+    def record_trial(self, record: dict, retries: int = 0, strict: bool = True) -> LedgerRow:
+        """The trial's ledger row (once) and its nested run's final metrics and status (once). The ledger row
+        must be written; an MLflow failure during the search (`strict=False`) is retried when the search ends."""
         row = ledger_row(self.cfg, self.method, record)
         row.search_run_id = self.run_id
         extra = json.loads(row.extra_json)
@@ -420,6 +422,14 @@ class SearchRecorder(tune.Callback):
         self.ledger.append([row], part=self.part)
         if row.trial_id in self._ended:
             return row
+        if not strict:
+            with BestEffort("record the trial in MLflow"):
+                self._end_trial_run(row, retries)
+            return row
+        self._end_trial_run(row, retries)
+        return row
+
+    def _end_trial_run(self, row: LedgerRow, retries: int) -> None:
         from mlflow.entities import Metric
 
         run_id = self.trial_run(row.trial_id)
@@ -434,7 +444,6 @@ class SearchRecorder(tune.Callback):
                 self.client.set_tag(run_id, "da2.retries", str(retries))
                 self.client.set_terminated(run_id, "FAILED" if row.status == "failed" else "FINISHED")
         self._ended.add(row.trial_id)
-        return row
 
     def end_search(self, status: str) -> None:
         """An interrupted or failed search: its run and its trials' open runs end with `status`."""
@@ -445,9 +454,20 @@ class SearchRecorder(tune.Callback):
                         self.client.set_terminated(run_id, status)
                 self.client.set_terminated(self.run_id, status)
         except Exception as e:  # noqa: BLE001 -- the search's own error is the one to show
-            import logging
-
             logging.getLogger(__name__).warning("could not mark MLflow run %s %s: %s", self.run_id, status, e)
+
+
+class BestEffort(contextlib.AbstractContextManager):
+    """Live MLflow logging must not end a search: a failed write is logged and the search goes on."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if error is not None and isinstance(error, Exception):
+            logging.getLogger(__name__).warning("could not %s: %s", self.what, error)
+            return True
+        return False
 
 
 def _trial_record(trial) -> dict:
@@ -459,6 +479,14 @@ def _trial_record(trial) -> dict:
             error = lines[-1] if lines else error
     return {"trial_id": trial.trial_id, "metrics": dict(trial.last_result or {}), "config": dict(trial.config or {}),
             "error": error}
+
+
+def delete_experiment_checkpoints(experiment_dir: Path) -> None:
+    """Every trial's checkpoint folders in a finished Tune experiment (its results and logs stay)."""
+    if experiment_dir.is_dir():
+        for trial_dir in experiment_dir.iterdir():
+            if trial_dir.is_dir() and not trial_dir.is_symlink():
+                _delete_checkpoints(trial_dir)
 
 
 def _delete_checkpoints(trial_dir: Path) -> None:
