@@ -1,13 +1,19 @@
 """`da2 compare`: every method on the same task and cluster under one budget, then a fresh full training
-with each method's best policy on the same recipe, evaluated on the val split that no search saw."""
+with each method's best policy on the same recipe, evaluated on the val split that no search saw; over one or
+several seeds, all on one Ray session, under one MLflow parent run that holds the report and the plot.
+
+A comparison counts only its own trials: the report reads the ledger rows of the searches it ran (by their
+MLflow run ids) and its own final trainings, never an earlier search's rows of the same experiment.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from da2_platform.config import ExperimentConfig
-from da2_platform.ledger import CostLedger
+from da2_platform.ledger import CostLedger, LedgerRow
 from da2_platform.search.driver import SearchOutcome, run_search
 from da2_platform.search.methods import job_factory
 
@@ -18,6 +24,27 @@ class FinalTraining:
     val_ap: float
     device_seconds: float
     registered_version: str | None
+
+
+@dataclass
+class SeedRun:
+    """One seed of a comparison: its searches, its final trainings and exactly their ledger rows."""
+
+    seed: int
+    experiment: str  # the config name this seed ran under (`<name>-seed<s>` when several seeds run)
+    outcomes: list[SearchOutcome]
+    finals: list[FinalTraining]
+    rows: list[LedgerRow] = field(default_factory=list)
+
+
+@dataclass
+class CompareResult:
+    name: str
+    seeds: list[SeedRun]
+    report: object  # report.SeedsReport
+    report_json: Path
+    report_png: Path
+    mlflow_run_id: str
 
 
 def expand_methods(methods: list[str], cfg: ExperimentConfig) -> list[str]:
@@ -31,10 +58,21 @@ def expand_methods(methods: list[str], cfg: ExperimentConfig) -> list[str]:
 BUDGETED = ("rl", "optuna", "pba")  # the black-box searches; DA2 and the fixed policies have a fixed cost
 
 
+def seed_config(cfg: ExperimentConfig, seed: int, several: bool) -> ExperimentConfig:
+    """The config of one seed: every random choice (data order, draws, searchers, DA2's one trial) from `seed`;
+    with several seeds its own name (so its Tune folders and ledger are its own) in the same MLflow experiment."""
+    search = cfg.search.model_copy(update={"da2": cfg.search.da2.model_copy(update={"seeds": [seed]})})
+    tracking = cfg.tracking.model_copy(update={"experiment": cfg.tracking.experiment or cfg.name})
+    name = f"{cfg.name}-seed{seed}" if several else cfg.name
+    return cfg.model_copy(update={"seed": seed, "name": name, "search": search, "tracking": tracking})
+
+
 def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: float | None = None,
-                tracking_uri: str | None = None, progress=None) -> tuple[list[SearchOutcome], list[FinalTraining]]:
-    """Every method's search at once in one Ray session (each Tuner in its own driver thread; their trials
-    share the cluster's CPUs/GPUs as Ray schedules them), then the final trainings.
+                tracking_uri: str | None = None, progress=None, fresh: bool = False, resume: bool = False
+                ) -> tuple[list[SearchOutcome], list[FinalTraining]]:
+    """One seed (cfg.seed, under cfg.name): every method's search at once in one Ray session (each Tuner in its
+    own driver thread; their trials share the cluster's CPUs/GPUs as Ray schedules them), then the final
+    trainings.
 
     `budget_device_hours` caps each black-box search: it stops once its trials have used that many
     device-hours (the ledger's unit, GPU-hours or CPU-hours), whatever else runs beside it.
@@ -59,8 +97,8 @@ def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: 
         + (f", each black-box search capped at {budget_device_hours:g} device-hours" if budget_s else ""))
     try:
         with ThreadPoolExecutor(max_workers=len(chosen), thread_name_prefix="search") as pool:
-            futures = {pool.submit(run_search, cfg, m, factories[m], tracking_uri=tracking_uri,
-                                   stopper=control.stopper(budget_s if m in BUDGETED else None)): m
+            futures = {pool.submit(run_search, cfg, m, factories[m], tracking_uri=tracking_uri, resume=resume,
+                                   fresh=fresh, stopper=control.stopper(budget_s if m in BUDGETED else None)): m
                        for m in chosen}
             try:
                 for future in as_completed(futures):
@@ -78,8 +116,87 @@ def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: 
     return outcomes, run_final_trainings(cfg, outcomes)
 
 
+def own_rows(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) -> list[LedgerRow]:
+    """This comparison's ledger rows: its searches' trials and its final trainings, found by search run id."""
+    runs = {o.run_id for o in outcomes}
+    ledger = CostLedger.for_experiment(cfg.workdir, cfg.name)
+    return [r for r in ledger.rows() if r.search_run_id in runs]
+
+
+def run_compare_seeds(cfg: ExperimentConfig, methods: list[str], seeds: list[int] | None = None,
+                      budget_device_hours: float | None = None, tracking_uri: str | None = None,
+                      progress: Callable[[str], None] | None = None, fresh: bool = False,
+                      resume: bool = False) -> CompareResult:
+    """`run_compare` for each seed in turn on the same Ray session, under one MLflow parent run; then the
+    report (per method mean and spread across seeds) and its plot, written and attached to that run."""
+    from da2_platform.report import build_seeds_report, write_seeds_report
+    from da2_platform.tracking import resolve_tracking_uri, setup_tracking
+
+    say = progress or (lambda msg: None)
+    seeds = list(dict.fromkeys(seeds if seeds else [cfg.seed]))
+    several = len(seeds) > 1
+    for m in expand_methods(methods, cfg):
+        job_factory(m)  # an unknown method fails before anything starts
+    experiment_id = setup_tracking(seed_config(cfg, seeds[0], several), tracking_uri)
+    client = _client(resolve_tracking_uri(cfg, tracking_uri))
+    parent = client.create_run(experiment_id, run_name=f"compare-{cfg.name}", tags={
+        "da2.kind": "compare", "da2.experiment": cfg.name, "da2.seeds": ",".join(map(str, seeds)),
+        "da2.methods": ",".join(methods)})
+    parent_id = parent.info.run_id
+    client.log_param(parent_id, "budget_device_hours", str(budget_device_hours))
+    runs: list[SeedRun] = []
+    try:
+        for seed in seeds:
+            seed_cfg = seed_config(cfg, seed, several)
+            if several:
+                say(f"seed {seed} ({len(runs) + 1} of {len(seeds)}): experiment {seed_cfg.name}")
+            outcomes, finals = run_compare(seed_cfg, methods, budget_device_hours, tracking_uri, progress,
+                                           fresh=fresh, resume=resume)
+            for o in outcomes:  # the searches' runs nest under the comparison's run
+                client.set_tag(o.run_id, "mlflow.parentRunId", parent_id)
+                client.set_tag(o.run_id, "da2.seed", str(seed))
+            runs.append(SeedRun(seed, seed_cfg.name, outcomes, finals, own_rows(seed_cfg, outcomes)))
+        report = build_seeds_report({r.seed: r.rows for r in runs}, cfg.name)
+        json_path, png_path = write_seeds_report(cfg.workdir, cfg.name, report)
+        client.log_artifact(parent_id, str(json_path), "report")
+        client.log_artifact(parent_id, str(png_path), "report")
+        _log_spreads(client, parent_id, report)
+    except BaseException as e:
+        client.set_terminated(parent_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    client.set_terminated(parent_id, "FINISHED")
+    return CompareResult(cfg.name, runs, report, json_path, png_path, parent_id)
+
+
+def _log_spreads(client, run_id: str, report) -> None:
+    import math
+    import re
+    import time
+
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    metrics = []
+    for m in report.methods:
+        key = re.sub(r"[^A-Za-z0-9_\-./ ]", "_", m.method)
+        for name in ("final_ap", "final_ap_std", "search_device_hours", "device_hours_to_near_best",
+                     "ratio_to_da2", "near_best_ratio_to_da2"):
+            value = getattr(m, name)
+            if value is not None and math.isfinite(value):
+                metrics.append(Metric(f"{key}.{name}", float(value), stamp, 0))
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) -> list[FinalTraining]:
-    """One Tune trial per method: the shared child recipe on the full train split, scored on val."""
+    """One Tune trial per method: the one training loop (`Fit`, as `da2 train` runs it: cfg.train.epochs epochs)
+    on the full train split, scored on val."""
     from ray import tune
 
     from da2_platform.data.splits import prepare_data

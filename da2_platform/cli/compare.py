@@ -18,18 +18,43 @@ def compare(
     workdir: Path | None = typer.Option(None, "--workdir", help="Override the config's workdir."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow server URI."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2: every method runs "
+                                     "once per seed (default: the config's seed); the report gives means and "
+                                     "spreads."),
+    fresh: bool = typer.Option(False, "--fresh", help="Replace earlier searches' Tune folders of these names."),
+    resume: bool = typer.Option(False, "--resume", help="Continue interrupted searches of these names."),
 ) -> None:
-    """Run the methods side by side, train a fresh model with each best policy, and write the report."""
-    from da2_platform.compare import run_compare
+    """Run the methods side by side (per seed), train a fresh model with each best policy, and write the report."""
+    from da2_platform.compare import run_compare_seeds
     from da2_platform.config import load_config
     from da2_platform.jobenv import check_shared_workdir
 
     cfg = load_config(config, {"workdir": str(workdir)} if workdir else None)
     check_shared_workdir(cfg.workdir, str(config or "<defaults>"))  # a multi-node job: every node sees it
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    run_compare(cfg, chosen, budget_device_hours, tracking_uri,
-                progress=lambda msg: console.print(f"[bold cyan]compare[/] {msg}"))
-    _show_report(cfg.workdir, cfg.name, json_out, log_to_mlflow=True, cfg=cfg, tracking_uri=tracking_uri)
+    result = run_compare_seeds(cfg, chosen, parse_seeds(seeds), budget_device_hours, tracking_uri,
+                               progress=lambda msg: console.print(f"[bold cyan]compare[/] {msg}"),
+                               fresh=fresh, resume=resume)
+    rep = result.report
+    if json_out:
+        emit_json({**rep.to_dict(), "table": str(result.report_json), "plot": str(result.report_png),
+                   "mlflow_run_id": result.mlflow_run_id})
+        return
+    print_table(f"{cfg.name}: cost and AP per method over seeds {', '.join(map(str, rep.seeds))}",
+                rep.TABLE_COLUMNS, rep.table_rows())
+    console.print(f"report: {result.report_json}\nplot:   {result.report_png}\nMLflow run: {result.mlflow_run_id}")
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """'0,1,2' -> [0, 1, 2]."""
+    from da2_platform.errors import ConfigError
+
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"--seeds: expected comma-separated whole numbers such as 0,1,2; got {text!r}")
+    return [int(p) for p in parts]
 
 
 def report(
@@ -41,21 +66,10 @@ def report(
     _show_report(workdir, experiment, json_out)
 
 
-def _show_report(workdir: Path, experiment: str, json_out: bool, log_to_mlflow: bool = False, cfg=None,
-                 tracking_uri: str | None = None) -> None:
+def _show_report(workdir: Path, experiment: str, json_out: bool) -> None:
     from da2_platform.report import Report, write_report
 
     rep, json_path, png_path = write_report(workdir, experiment)
-    if log_to_mlflow and cfg is not None:
-        import mlflow
-
-        from da2_platform.tracking import setup_tracking
-
-        experiment_id = setup_tracking(cfg, tracking_uri)
-        with mlflow.start_run(experiment_id=experiment_id, run_name="compare-report"):
-            mlflow.set_tags({"da2.kind": "report", "da2.experiment": experiment})
-            mlflow.log_artifact(str(json_path), "report")
-            mlflow.log_artifact(str(png_path), "report")
     if json_out:
         emit_json({**rep.to_dict(), "table": str(json_path), "plot": str(png_path)})
         return
