@@ -214,3 +214,24 @@ def test_resume_refuses_a_folder_others_can_write_and_never_unpickles_it(tmp_pat
         fails_cleanly(["search", "--method", "fixed:none", "--config", str(cfg), "--resume"], capsys,
                       "belongs to user id 65534", tmp_path)
     assert not marker.exists()
+
+
+# issue 15, item 4: a repeated result moves `candidate` back to its version
+def test_registering_a_known_result_again_moves_candidate_to_it(tmp_path):
+    from mlflow import MlflowClient
+
+    from da2_platform.config import load_config
+    from da2_platform.registry import register_policy
+    from da2_platform.tracking import resolve_tracking_uri, setup_tracking
+
+    cfg = load_config(None, {"workdir": str(tmp_path), "name": "alias"})
+    experiment_id = setup_tracking(cfg)
+    uri = resolve_tracking_uri(cfg)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run_id = client.create_run(experiment_id).info.run_id
+    none, standard = fixed_policy("none"), fixed_policy("standard-pose")
+    assert register_policy(cfg, none, "fixed:none", run_id, 0.1, 0.01) == "1"
+    assert register_policy(cfg, standard, "fixed:standard-pose", run_id, 0.2, 0.01) == "2"
+    assert register_policy(cfg, none, "fixed:none", run_id, 0.1, 0.01) == "1"  # the same result again
+    assert str(client.get_model_version_by_alias("pose-aug-policy", "candidate").version) == "1"
+    assert len(client.search_model_versions("name='pose-aug-policy'")) == 2
