@@ -22,9 +22,10 @@ def resolve_policy(ref: str, tracking_uri: str | None = None) -> ResolvedPolicy:
 
         return ResolvedPolicy(fixed_policy(ref.removeprefix("fixed:")), ref)
     if ref.startswith("models:/"):
-        from da2_platform.registry import load_registered_policy
+        from da2_platform.registry import fetch_registered_policy
 
-        return load_registered_policy(ref, tracking_uri)
+        policy, version = fetch_registered_policy(ref, tracking_uri)
+        return ResolvedPolicy(policy, ref, registry_version=str(version.version), registry_name=version.name)
     path = Path(ref)
     if not path.is_file():
         raise PolicyError(f"{ref}: no such policy file (or use fixed:NAME, models:/NAME@ALIAS)")

@@ -22,7 +22,7 @@ from da2_platform.config import ExperimentConfig
 from da2_platform.errors import TrackingError
 from search_spaces.policy import Policy
 
-POLICY_ARTIFACT = "policy/policy.json"
+POLICY_FILE = "policy.json"  # inside a policy version's source folder
 _REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
@@ -110,19 +110,19 @@ def resolve_version(ref: str, tracking_uri: str | None = None):
         raise TrackingError(f"{ref}: {e.message}") from None
 
 
-def load_registered_policy(ref: str, tracking_uri: str | None = None):
+def fetch_registered_policy(ref: str, tracking_uri: str | None = None):
+    """The Policy a models:/ reference points at, read from the model version's own source; returns
+    (policy, model version)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from da2_platform.policies import ResolvedPolicy
-
     mv = resolve_version(ref, tracking_uri)
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=POLICY_ARTIFACT)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"{mv.source.rstrip('/')}/{POLICY_FILE}")
     except (MlflowException, OSError) as e:
-        raise TrackingError(f"{ref} (version {mv.version}): cannot fetch {POLICY_ARTIFACT}: {e}") from None
-    policy = Policy.load(local)
-    return ResolvedPolicy(policy, ref, registry_version=str(mv.version), registry_name=mv.name)
+        raise TrackingError(f"{ref} (version {mv.version}): cannot fetch {POLICY_FILE} from {mv.source}: "
+                            f"{e}") from None
+    return Policy.load(local), mv
 
 
 @dataclass

@@ -141,9 +141,14 @@ def op_transform(
     draws: Sequence[float] | None = None,
 ) -> A.BasicTransform:
     """The albumentations transform of one policy op (p = its probability); sign/draws fix the random parts."""
-    if op_spec(op.name).geometric:
-        return GeometricOp(op.name, op.m, flip_pairs, p=op.p, sign=sign)
-    return PhotometricOp(op.name, op.m, p=op.p, sign=sign, draws=draws)
+    return _transform(op.name, op.p, op.m, flip_pairs, sign, draws)
+
+
+def _transform(name: str, p: float, m: float, flip_pairs: Sequence[Sequence[int]] | None,
+               sign: float | None, draws: Sequence[float] | None) -> A.BasicTransform:
+    if op_spec(name).geometric:
+        return GeometricOp(name, m, flip_pairs, p=p, sign=sign)
+    return PhotometricOp(name, m, p=p, sign=sign, draws=draws)
 
 
 class AlbumentationsPolicy:
@@ -221,7 +226,5 @@ def single_op_pipeline(
     draws: Sequence[float] | None = None,
 ) -> AlbumentationsPolicy:
     """One op at p = 1 with optionally fixed sign and draws: the CPU side of the parity tests."""
-    from search_spaces.policy import OpSetting
-
-    transform = op_transform(OpSetting(name, 1.0, magnitude), flip_pairs, sign=sign, draws=draws)
-    return AlbumentationsPolicy(_compose([transform]), seed=0)
+    op_spec(name)  # an unknown name fails here, as it would in a Policy
+    return AlbumentationsPolicy(_compose([_transform(name, 1.0, magnitude, flip_pairs, sign, draws)]), seed=0)

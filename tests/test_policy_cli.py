@@ -56,7 +56,14 @@ def test_validate_reports_bad_files(tmp_path, capsys, content, expected):
 def test_missing_file_and_unknown_registry_version_are_clear_errors(tmp_path, capsys):
     assert main(["policy", "show", str(tmp_path / "nope.json")]) == 2
     assert "nope.json: no such policy file" in capsys.readouterr().err
-    store = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    db = tmp_path / "mlflow" / "mlflow.db"
+    store = f"sqlite:///{db}"
+    assert main(["policy", "show", "models:/da2-policy@production", "--tracking-uri", store]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err and not db.exists()  # a read creates no store
+    import mlflow
+
+    db.parent.mkdir(exist_ok=True)
+    mlflow.MlflowClient(tracking_uri=store).search_experiments()  # an existing store without that model
     assert main(["policy", "show", "models:/da2-policy@production", "--tracking-uri", store]) == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]  # MLflow logs its store creation before
     assert (
