@@ -1,6 +1,8 @@
-"""DA2 on SynthPose at the CPU demo size: (a) what a DA2 search costs against plain training of the same number
-of steps, per hypergradient mode and update interval; (b) val AP of fresh models trained with the learned
-policy, with `none` and with `standard-pose` on the same recipe. Writes benchmarks/results/da2_cost_and_ap.json.
+"""DA2 on SynthPose at the CPU demo size: (a) what a DA2 search step costs against a plain training step with the
+same policy applied on the device (DA2's initial policy, compiled to torch), per hypergradient mode and update
+interval, on the same pre-loaded batches (loading and decoding are outside every timer); (b) val AP of fresh models
+trained with the learned policy, with `none` and with `standard-pose` on the same recipe (skipped with
+--train-steps 0). Writes benchmarks/results/da2_cost_and_ap.json.
 
     .venv/bin/python benchmarks/da2_cost_and_ap.py [--cost-steps 30] [--search-steps 300] [--train-steps 600]
 """
@@ -20,14 +22,14 @@ from da2_platform.data.splits import prepare_data
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.files import write_json_atomic
 from da2_platform.inference import evaluate_model
-from da2_platform.search.da2_job import BatchStream, DA2Search
+from da2_platform.search.da2_job import BatchStream, DA2Search, with_targets
 from da2_platform.training.loop import build_model, device_augment
 from da2_platform.training.step import TrainingStep, make_optimizer, seed_everything
 from pose_models.losses import P2NetLoss
 from search_spaces.fixed import fixed_policy
 
 
-def plain_training(cfg, dataset, policy, steps: int) -> tuple[torch.nn.Module, float]:
+def plain_training(cfg, dataset, policy, steps: int, batches: list | None = None) -> tuple[torch.nn.Module, float]:
     """The shared recipe for `steps` steps; returns the model and the seconds spent in steps."""
     seed_everything(cfg.seed)
     model = build_model(cfg, dataset.num_joints)
@@ -36,12 +38,27 @@ def plain_training(cfg, dataset, policy, steps: int) -> tuple[torch.nn.Module, f
                         device_augment(cfg, policy, dataset.flip_pairs, torch.device("cpu"), cfg.seed),
                         cfg.data.heatmap_sigma)
     stream, seconds = BatchStream(dataset, cfg), 0.0
-    for _ in range(steps):
-        batch = next(stream)
+    for i in range(steps):
+        batch = batches[i % len(batches)] if batches else next(stream)
         t = time.perf_counter()
         step(batch)
         seconds += time.perf_counter() - t
     return model, seconds
+
+
+def da2_cost(cfg, train, val, train_batches: list, val_batches: list, steps: int, **da2) -> float:
+    """Seconds in DA2 steps (targets, noise, w step, d step) on pre-loaded batches."""
+    cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={
+        "da2": cfg.search.da2.model_copy(update={"steps": steps, **da2})})})
+    search, seconds, device = DA2Search(cfg, train, val, torch.device("cpu")), 0.0, torch.device("cpu")
+    every = cfg.search.da2.policy_update_every
+    for i in range(steps):
+        t = time.perf_counter()
+        tb = with_targets(train_batches[i % len(train_batches)], cfg, device)
+        vb = with_targets(val_batches[i % len(val_batches)], cfg, device) if i % every == 0 else None
+        search.step_fn(tb, vb, search.policy.sample_noise(tb.images.shape[0], search.generator))
+        seconds += time.perf_counter() - t
+    return seconds
 
 
 def da2_search(cfg, train, val, **da2) -> tuple[DA2Search, float]:
@@ -61,7 +78,7 @@ def main() -> None:
     parser.add_argument("--cost-steps", type=int, default=30)
     parser.add_argument("--search-steps", type=int, default=300)
     parser.add_argument("--train-steps", type=int, default=600)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", nargs="*", default=[], help="dotted config overrides key=value (YAML values)")
     parser.add_argument("--out", default="benchmarks/results/da2_cost_and_ap.json")
     args = parser.parse_args()
@@ -76,17 +93,33 @@ def main() -> None:
     result: dict = {"config": args.config, "overrides": overrides, "input_size": list(size),
                     "batch_size": cfg.train.batch_size, "threads": args.threads, "cost": {}, "ap": {}}
 
-    # (a) cost ratios, measured on the same number of steps; plain training without augmentation, and with
-    # standard-pose on the device (DA2's steps include augmenting, so the second is the like-for-like one)
-    _, plain_seconds = plain_training(cfg, search_train, None, args.cost_steps)
-    _, augmented_seconds = plain_training(cfg, search_train, fixed_policy("standard-pose"), args.cost_steps)
-    result["cost"].update(plain_seconds=plain_seconds, plain_standard_pose_seconds=augmented_seconds)
-    for mode, every in (("central", 1), ("central", 3), ("forward", 1), ("forward", 3)):
-        _, seconds = da2_search(cfg, search_train, search_val, steps=args.cost_steps, hypergradient=mode,
-                                policy_update_every=every)
+    # (a) cost ratios on the same pre-loaded batches: plain training without augmentation, with standard-pose,
+    # and with DA2's own initial policy compiled for the device (the like-for-like one: DA2 augments too)
+    n_batches = min(args.cost_steps, 10)
+    train_batches = [next(s) for s in [BatchStream(search_train, cfg)] for _ in range(n_batches)]
+    sc = cfg.search.da2
+    val_cfg = cfg if sc.val_batch_size is None else cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"batch_size": sc.val_batch_size})})
+    val_batches = [next(s) for s in [BatchStream(search_val, val_cfg, salt=10_000)] for _ in range(n_batches)]
+    initial = DA2Search(cfg, search_train, search_val, torch.device("cpu")).learned_policy()
+    _, plain_seconds = plain_training(cfg, search_train, None, args.cost_steps, train_batches)
+    _, augmented_seconds = plain_training(cfg, search_train, fixed_policy("standard-pose"), args.cost_steps,
+                                          train_batches)
+    _, same_seconds = plain_training(cfg, search_train, initial, args.cost_steps, train_batches)
+    result["cost"].update(steps=args.cost_steps, estimator=sc.estimator, val_batch_size=sc.val_batch_size,
+                          plain_seconds=plain_seconds, plain_standard_pose_seconds=augmented_seconds,
+                          plain_same_policy_seconds=same_seconds)
+    for mode, every in (("central", 1), ("forward", 1), ("central", 3), ("forward", 3)):
+        seconds = da2_cost(cfg, search_train, search_val, train_batches, val_batches, args.cost_steps,
+                           hypergradient=mode, policy_update_every=every)
         result["cost"][f"{mode}_every{every}"] = {"seconds": seconds, "ratio_to_plain": seconds / plain_seconds,
-                                                  "ratio_to_plain_standard_pose": seconds / augmented_seconds}
+                                                  "ratio_to_plain_standard_pose": seconds / augmented_seconds,
+                                                  "ratio_to_plain_same_policy": seconds / same_seconds}
         print(json.dumps({mode: every, **result["cost"][f"{mode}_every{every}"]}), flush=True)
+    if args.train_steps == 0:
+        write_json_atomic(Path(args.out), result)
+        print(json.dumps(result["cost"], indent=2))
+        return
 
     # (b) AP: the learned policy against none and standard-pose, fresh models on the same recipe, val split
     t = time.perf_counter()

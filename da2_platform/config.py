@@ -127,11 +127,20 @@ class DA2Config(_Section):
     tau1: float = Field(0.5, gt=0)  # Gumbel-softmax temperature (sub-policy choice)
     tau2: float = Field(0.5, gt=0)  # relaxed Bernoulli temperature (op on/off)
     hard_choice: bool = True  # one sub-policy per image, straight-through gradient
+    # d gradient: "score" = per-image alignment credits <grad_w l_i, grad_w L_val> with a score-function gradient
+    # (op-specific, see search/bilevel.py); "relaxed" = Eq. 12's finite difference through the relaxed policy
+    estimator: Literal["score", "relaxed"] = "score"
     hypergradient: Literal["central", "forward"] = "central"  # Eq. 12 central difference, or the cheaper one-sided
-    policy_update_every: int = Field(3, ge=1)  # a d step after every n-th w step (1: every step)
-    zeta: float | None = None  # w step size in the unrolled term; None: the w learning rate
-    policy_lr: float = Field(3e-3, gt=0)
-    policy_betas: tuple[float, float] = (0.5, 0.999)
+    slot_design: Literal["random", "balanced"] = "balanced"  # balanced: every op in (almost) equally many slots
+    policy_update_every: int = Field(1, ge=1)  # a d step after every n-th w step (1: every step)
+    zeta: float | None = None  # relaxed: w step size in the unrolled term; None: the w learning rate
+    normalise: bool = True  # relaxed: drop -zeta's size and divide the hypergradient by its RMS (Adam eps issue)
+    centre_p: bool = True  # score: subtract the mean over slots from the p gradient (ops against each other)
+    m_sigma: float = Field(0.5, gt=0)  # score: std of the logit-normal magnitude exploration
+    draws_per_image: int = Field(2, ge=1)  # score: policy draws per train image in a batch (baseline per image)
+    val_batch_size: int | None = Field(None, ge=1)  # search-val batch of a d step; None: train.batch_size
+    policy_lr: float = Field(0.05, gt=0)
+    policy_betas: tuple[float, float] = (0.9, 0.999)
     steps: int = Field(60, ge=1)
     checkpoint_every: int = Field(20, ge=1)
     curve_every: int = Field(2, ge=1)  # snapshot pi, p, m every n steps

@@ -15,6 +15,25 @@ the step and w' the weights after the real w step (the unrolled step is the real
 The forward mode reuses grad_d L_train(w, d) from the w step's own backward pass, saving one pass.
 The same augmentation draw (`PolicyNoise`) is used at w, w+ and w-, and batch-norm running statistics are
 restored after the extra passes so only the real w step moves them.
+
+Scale. zeta (~1e-3) times a heatmap-MSE loss (~5e-3) puts the raw hypergradient at 1e-10..1e-8, under Adam's eps,
+so the d optimiser moved nothing. `BilevelStep(normalise=True)` (the default) drops -zeta (as DADA does: it only
+scales) and divides the step's hypergradient by its RMS over all d parameters, so the d step size is the policy
+learning rate whatever the loss's absolute size; the direction is untouched.
+
+`ScoreStep` (DA2Config.estimator = "score", the default) is the op-specific estimator. The same unrolled
+objective L_val(w - zeta grad_w L_train(w, d)) has, to first order, the derivative -zeta <grad_w l_i, g_val> for
+each train image i, so every image gets a credit
+
+    r_i = <grad_w l_i(w), grad_w' L_val(w')>  ~  [l_i(w + eps g_val) - l_i(w - eps g_val)] / (2 eps)
+
+(central; forward: [l_i(w + eps g_val) - l_i(w)] / eps with l_i(w) from the w step), from one or two forward
+passes of the train batch with per-sample losses. The policy is drawn hard per image (sub-policy, gates,
+magnitude: what the exported policy does) and d follows the score-function gradient sum_i A_i grad_d log q(draw_i)
+with the advantage A_i = (r_i - mean r) / std r: the batch mean is the baseline and the std removes the scale.
+Because any augmentation makes an image's loss, and so its gradient, larger, "op on" scores higher than "op off"
+for every op when the val set is harder than train; `centre_p` subtracts the mean over all slots from the p
+gradient, so ops are ranked against each other rather than against no augmentation.
 """
 
 from __future__ import annotations
@@ -27,7 +46,7 @@ import torch
 from torch import nn
 
 from da2_platform.errors import TrainingError
-from da2_platform.search.relaxed_policy import PolicyNoise, RelaxedPolicy
+from da2_platform.search.relaxed_policy import PolicyChoices, PolicyNoise, RelaxedPolicy
 from search_spaces.batch import PoseBatch
 
 # loss(model, batch) -> scalar; the batch carries images, heatmap targets and visibility (target weights)
@@ -48,12 +67,12 @@ class BilevelStep:
 
     def __init__(self, model: nn.Module, policy: RelaxedPolicy, loss: BatchLoss, w_optimizer: torch.optim.Optimizer,
                  d_optimizer: torch.optim.Optimizer, zeta: float, hypergradient: str = "central",
-                 grad_clip: float | None = None):
+                 grad_clip: float | None = None, normalise: bool = False):
         if hypergradient not in ("central", "forward"):
             raise ValueError(f"hypergradient must be 'central' or 'forward', not {hypergradient!r}")
         self.model, self.policy, self.loss = model, policy, loss
         self.w_optimizer, self.d_optimizer = w_optimizer, d_optimizer
-        self.zeta, self.mode, self.grad_clip = zeta, hypergradient, grad_clip
+        self.zeta, self.mode, self.grad_clip, self.normalise = zeta, hypergradient, grad_clip, normalise
         self.weights = [p for p in model.parameters() if p.requires_grad]
         self.d_params = list(policy.parameters())
         self.step_count = 0
@@ -122,12 +141,135 @@ class BilevelStep:
         w_before = [p.detach().clone() for p in self.weights]
         loss, d_grad_w = self.w_step(train, noise, keep_d_grad=self.mode == "forward")
         hyper, val_loss, eps = self.hypergradient(train, val, noise, w_before, d_grad_w)
+        hyper_norm = torch.sqrt(sum((g.float() ** 2).sum() for g in hyper)).item()
+        if self.normalise:
+            rms = hyper_norm / max(1, sum(g.numel() for g in hyper)) ** 0.5
+            hyper = [g / rms for g in hyper] if rms > 0 else hyper  # -zeta's sign kept, its size dropped
         for p, g in zip(self.d_params, hyper):
             p.grad = g
         self.d_optimizer.step()
         self.d_optimizer.zero_grad(set_to_none=True)
-        hyper_norm = torch.sqrt(sum((g.float() ** 2).sum() for g in hyper)).item()
         return DA2StepStats(loss, val_loss, hyper_norm, eps, time.perf_counter() - start)
+
+
+class ScoreStep:
+    """One DA2 iteration with per-image alignment credits and a score-function d gradient (see the module doc).
+
+    `loss(model, batch, reduction="none")` must return per-sample losses [B]."""
+
+    def __init__(self, model: nn.Module, policy: RelaxedPolicy, loss: Callable[..., torch.Tensor],
+                 w_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer,
+                 hypergradient: str = "central", grad_clip: float | None = None, m_sigma: float = 0.5,
+                 centre_p: bool = True, draws_per_image: int = 1):
+        if hypergradient not in ("central", "forward"):
+            raise ValueError(f"hypergradient must be 'central' or 'forward', not {hypergradient!r}")
+        if draws_per_image < 1:
+            raise ValueError(f"draws_per_image must be at least 1, not {draws_per_image}")
+        self.model, self.policy, self.loss = model, policy, loss
+        self.w_optimizer, self.d_optimizer = w_optimizer, d_optimizer
+        self.mode, self.grad_clip, self.m_sigma, self.centre_p = hypergradient, grad_clip, m_sigma, centre_p
+        self.draws_per_image = draws_per_image
+        self.weights = [p for p in model.parameters() if p.requires_grad]
+        self.step_count = 0
+
+    def w_step(self, aug: PoseBatch) -> torch.Tensor:
+        """Update w on the (already augmented) batch; returns the per-sample losses at w, detached."""
+        self.model.train()
+        per_sample = self.loss(self.model, aug, reduction="none")
+        loss = per_sample.mean()
+        _check(loss, self.step_count, "DA2 train loss")
+        grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
+        for p, g in zip(self.weights, grads):
+            p.grad = g
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
+        self.w_optimizer.step()
+        self.w_optimizer.zero_grad(set_to_none=True)
+        return per_sample.detach()
+
+    def credits(self, aug: PoseBatch, val: PoseBatch, w_before: list[torch.Tensor],
+                loss_at_w: torch.Tensor | None) -> tuple[torch.Tensor, float, float]:
+        """r_i = <grad_w l_i(w), grad_w' L_val(w')> for every train image, by finite differences of forward passes;
+        returns (r [B], L_val(w'), eps). Weights and batch-norm buffers are restored afterwards."""
+        buffers = _save_buffers(self.model)
+        w_after = [p.detach().clone() for p in self.weights]
+        val_loss = self.loss(self.model, val, reduction="none").mean()
+        _check(val_loss, self.step_count, "DA2 val loss")
+        g_val = [_zero_if_none(g, p) for g, p in
+                 zip(torch.autograd.grad(val_loss, self.weights, allow_unused=True), self.weights)]
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in g_val))
+        if not torch.isfinite(norm) or norm == 0:
+            raise TrainingError(f"DA2 step {self.step_count}: val gradient norm is {norm.item()}")
+        eps = (0.01 / norm).item()
+        plus = self._losses_at(w_before, g_val, +eps, aug)
+        if self.mode == "central":
+            r = (plus - self._losses_at(w_before, g_val, -eps, aug)) / (2 * eps)
+        else:
+            r = (plus - loss_at_w) / eps
+        _assign(self.weights, w_after)
+        _restore_buffers(self.model, buffers)
+        return r, val_loss.item(), eps
+
+    @torch.no_grad()
+    def _losses_at(self, w_base: list[torch.Tensor], direction: list[torch.Tensor], scale: float,
+                   aug: PoseBatch) -> torch.Tensor:
+        for p, w, g in zip(self.weights, w_base, direction):
+            p.copy_(w + scale * g)
+        return self.loss(self.model, aug, reduction="none").detach().float()
+
+    def repeat_images(self, train: PoseBatch) -> tuple[PoseBatch, torch.Tensor | None]:
+        """With draws_per_image c > 1: the first B // c images, each c times in a row (same batch size up to
+        rounding), and each row's image index; every image then gets c independent policy draws."""
+        c = self.draws_per_image
+        if c == 1:
+            return train, None
+        n = max(1, len(train) // c)
+        rows = torch.arange(n, device=train.images.device).repeat_interleave(c)
+        return train.select(rows), rows.cpu()
+
+    def advantages(self, r: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """A_i: r minus a baseline, over the batch's std. Baseline: the batch mean, or with repeated images the
+        mean of the image's other draws (leave-one-out), which cancels how much the image itself weighs."""
+        r = r.detach().double().cpu()
+        if groups is None:
+            centred = r - r.mean()
+        else:
+            sums = torch.zeros(int(groups.max()) + 1, dtype=r.dtype).index_add_(0, groups, r)
+            counts = torch.zeros_like(sums).index_add_(0, groups, torch.ones_like(r))
+            others = (sums[groups] - r) / (counts[groups] - 1).clamp(min=1)
+            centred = torch.where(counts[groups] > 1, r - others, r - r.mean())
+        std = centred.std() if centred.numel() > 1 else torch.tensor(0.0, dtype=r.dtype)
+        return centred / std if std > 0 else torch.zeros_like(centred)
+
+    def policy_grads(self, choices: PolicyChoices, r: torch.Tensor, groups: torch.Tensor | None = None
+                     ) -> list[torch.Tensor]:
+        """The descent gradients of (pi_logits, p_logits, m_logits) from credits r (ascending E[r])."""
+        adv = self.advantages(r, groups)
+        g_pi, g_p, g_m = self.policy.log_prob_grads(choices, adv / len(r), self.m_sigma)
+        if self.centre_p:
+            g_p = g_p - g_p.mean()
+        params = (self.policy.pi_logits, self.policy.p_logits, self.policy.m_logits)
+        return [-g.to(p.device, p.dtype) for g, p in zip((g_pi, g_p, g_m), params)]
+
+    def __call__(self, train: PoseBatch, val: PoseBatch | None, noise: PolicyNoise) -> DA2StepStats:
+        start = time.perf_counter()
+        self.step_count += 1
+        train, groups = self.repeat_images(train)
+        choices = self.policy.sample_choices(noise, self.m_sigma)
+        aug = self.policy.apply_choices(train, choices, noise)
+        if val is None:
+            loss_at_w = self.w_step(aug)
+            return DA2StepStats(loss_at_w.mean().item(), None, None, None, time.perf_counter() - start)
+        w_before = [p.detach().clone() for p in self.weights]
+        loss_at_w = self.w_step(aug)
+        r, val_loss, eps = self.credits(aug, val, w_before, loss_at_w)
+        grads = self.policy_grads(choices, r, groups)
+        for p, g in zip((self.policy.pi_logits, self.policy.p_logits, self.policy.m_logits), grads):
+            p.grad = g
+        self.d_optimizer.step()
+        self.d_optimizer.zero_grad(set_to_none=True)
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads)).item()
+        return DA2StepStats(loss_at_w.mean().item(), val_loss, norm, eps, time.perf_counter() - start)
 
 
 def _check(loss: torch.Tensor, step: int, what: str) -> None:

@@ -18,7 +18,7 @@ from da2_platform.config import ExperimentConfig
 from da2_platform.data.heatmaps import render_heatmaps
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.inference import evaluate_model
-from da2_platform.search.bilevel import BilevelStep
+from da2_platform.search.bilevel import BilevelStep, ScoreStep
 from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
 from da2_platform.search.trial import TrialClock, limit_threads, trial_device
 from da2_platform.training.loop import build_model, epoch_loader
@@ -33,14 +33,27 @@ STATE_FILE = "da2_state.pt"
 
 
 def make_batch_loss(loss_fn: P2NetLoss, cfg: ExperimentConfig, device: torch.device):
-    def batch_loss(model: torch.nn.Module, batch: PoseBatch) -> torch.Tensor:
+    def batch_loss(model: torch.nn.Module, batch: PoseBatch, reduction: str = "mean") -> torch.Tensor:
         with autocast_for(device, cfg.train.bf16):
             out = model(batch.images)
         from pose_models.p2net import P2NetOutput
 
         out = P2NetOutput(heatmaps=out.heatmaps.float(), stage_heatmaps=[h.float() for h in out.stage_heatmaps])
-        return loss_fn(out, batch.heatmaps.float(), batch.visible.float()).total
+        return loss_fn(out, batch.heatmaps.float(), batch.visible.float(), reduction=reduction).total
     return batch_loss
+
+
+def make_da2_step(cfg: ExperimentConfig, model: torch.nn.Module, policy: RelaxedPolicy, w_opt, d_opt,
+                  device: torch.device) -> BilevelStep | ScoreStep:
+    """The configured d estimator around (model, policy, both optimisers)."""
+    sc = cfg.search.da2
+    loss = make_batch_loss(P2NetLoss(ohkm_topk=cfg.model.ohkm_topk), cfg, device)
+    if sc.estimator == "score":
+        return ScoreStep(model, policy, loss, w_opt, d_opt, hypergradient=sc.hypergradient,
+                         grad_clip=cfg.train.grad_clip, m_sigma=sc.m_sigma, centre_p=sc.centre_p,
+                         draws_per_image=sc.draws_per_image)
+    return BilevelStep(model, policy, loss, w_opt, d_opt, zeta=sc.zeta or cfg.train.lr,
+                       hypergradient=sc.hypergradient, grad_clip=cfg.train.grad_clip, normalise=sc.normalise)
 
 
 def with_targets(samples: dict, cfg: ExperimentConfig, device: torch.device) -> PoseBatch:
@@ -84,18 +97,18 @@ class DA2Search:
         self.cfg, self.device = cfg, device
         seed_everything(cfg.seed)
         self.model = build_model(cfg, train_ds.num_joints).to(device)
-        self.policy = RelaxedPolicy(op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed), train_ds.flip_pairs,
-                                    tau1=sc.tau1, tau2=sc.tau2, hard=sc.hard_choice).to(device)
+        slots = op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed, design=sc.slot_design)
+        self.policy = RelaxedPolicy(slots, train_ds.flip_pairs, tau1=sc.tau1, tau2=sc.tau2,
+                                    hard=sc.hard_choice).to(device)
         self.w_opt = make_optimizer(self.model, cfg.train)
         self.d_opt = torch.optim.Adam(self.policy.parameters(), lr=sc.policy_lr, betas=sc.policy_betas)
-        loss = make_batch_loss(P2NetLoss(ohkm_topk=cfg.model.ohkm_topk), cfg, device)
-        self.step_fn = BilevelStep(self.model, self.policy, loss, self.w_opt, self.d_opt,
-                                   zeta=sc.zeta or cfg.train.lr, hypergradient=sc.hypergradient,
-                                   grad_clip=cfg.train.grad_clip)
+        self.step_fn = make_da2_step(cfg, self.model, self.policy, self.w_opt, self.d_opt, device)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.state = {"step": 0, "train_consumed": 0, "val_consumed": 0, "wall": 0.0, "curves": []}
         self.train_stream = BatchStream(train_ds, cfg, 0)
-        self.val_stream = BatchStream(val_ds, cfg, 0, salt=10_000)
+        val_cfg = cfg if sc.val_batch_size is None else cfg.model_copy(
+            update={"train": cfg.train.model_copy(update={"batch_size": sc.val_batch_size})})
+        self.val_stream = BatchStream(val_ds, val_cfg, 0, salt=10_000)
 
     @property
     def done(self) -> bool:

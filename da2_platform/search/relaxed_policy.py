@@ -9,6 +9,10 @@ same c_k and b, so the loss sees a consistent (image, target) pair.
 
 All the randomness of one forward pass lives in a `PolicyNoise`, so the bi-level step can evaluate the same
 augmentation at w, w+ and w- (Eq. 12) and get a low-variance finite difference.
+
+The score-function estimator (`estimator: score`) does not relax anything: `sample_choices` draws a hard
+sub-policy, hard on/off gates and a magnitude per image from the same noise, `apply_choices` applies exactly that
+(what the exported policy will do), and the bi-level step credits each draw with its log-probability gradient.
 """
 
 from __future__ import annotations
@@ -27,17 +31,35 @@ from search_spaces.policy import OpSetting, Policy, SubPolicy
 
 
 def op_slots(num_sub_policies: int, ops_per_sub_policy: int, seed: int,
-             op_names: tuple[str, ...] = tuple(OP_NAMES)) -> list[tuple[str, ...]]:
+             op_names: tuple[str, ...] = tuple(OP_NAMES), design: str = "random") -> list[tuple[str, ...]]:
     """Which ops each sub-policy holds: K distinct ordered tuples of distinct ops, drawn with the config's seed.
 
     When K covers every tuple (e.g. K >= 18*17 for N=2) the whole space is searched, as in the paper.
+    `design="balanced"` deals the K*N slots so every op appears floor(K*N/|ops|) or one more times (a random
+    draw of 24 pairs from 18 ops leaves some ops out entirely, and a search cannot pick an op it never holds).
     """
+    if design not in ("random", "balanced"):
+        raise ValueError(f"slot design must be 'random' or 'balanced', not {design!r}")
     combos = list(itertools.permutations(op_names, ops_per_sub_policy))
     rng = np.random.default_rng(seed)
     if num_sub_policies >= len(combos):
         return combos
+    if design == "balanced" and ops_per_sub_policy <= len(op_names):
+        return _balanced_slots(num_sub_policies, ops_per_sub_policy, list(op_names), rng)
     picked = rng.choice(len(combos), size=num_sub_policies, replace=False)
     return [combos[i] for i in sorted(picked)]
+
+
+def _balanced_slots(k: int, n: int, names: list[str], rng: np.random.Generator) -> list[tuple[str, ...]]:
+    """K tuples of N distinct ops whose K*N entries cover the ops as evenly as possible (seeded retries)."""
+    for _ in range(1000):
+        deck: list[str] = []
+        while len(deck) < k * n:
+            deck += [names[i] for i in rng.permutation(len(names))]
+        rows = [tuple(deck[i * n:(i + 1) * n]) for i in range(k)]
+        if all(len(set(r)) == n for r in rows) and len(set(rows)) == k:
+            return rows
+    raise ValueError(f"could not deal {k} balanced sub-policies of {n} ops from {len(names)} ops")
 
 
 @dataclass
@@ -48,6 +70,17 @@ class PolicyNoise:
     bernoulli_u: torch.Tensor  # [B, N]  u of the relaxed Bernoulli of each op slot
     sign: torch.Tensor  # [B, N]  +-1 for signed ops
     draws: torch.Tensor  # [B, N, 2]  uniform numbers the ops read for placement (cutout centre, blur angle)
+    m_noise: torch.Tensor | None = None  # [B, N]  standard normal: magnitude exploration of the score estimator
+
+
+@dataclass
+class PolicyChoices:
+    """One hard draw of the policy per image (score-function estimator)."""
+
+    k: torch.Tensor  # [B] long: the sub-policy
+    on: torch.Tensor  # [B, N] float 0/1: the op gates
+    m: torch.Tensor  # [B, N] magnitudes in (0, 1) actually applied
+    z: torch.Tensor  # [B, N] the standard-normal perturbation of logit m behind `m`
 
 
 class RelaxedPolicy(nn.Module):
@@ -90,7 +123,59 @@ class RelaxedPolicy(nn.Module):
         ub = torch.rand(batch_size, n, generator=generator).clamp(1e-6, 1 - 1e-6)
         sign = torch.randint(0, 2, (batch_size, n), generator=generator).float() * 2 - 1
         draws = torch.rand(batch_size, n, 2, generator=generator)
-        return PolicyNoise(-torch.log(-torch.log(u)), ub, sign, draws)
+        z = torch.randn(batch_size, n, generator=generator)
+        return PolicyNoise(-torch.log(-torch.log(u)), ub, sign, draws, z)
+
+    # -- hard sampling (score-function estimator) ------------------------------------------------------------
+    @torch.no_grad()
+    def sample_choices(self, noise: PolicyNoise, m_sigma: float) -> PolicyChoices:
+        """k ~ Cat(pi) (Gumbel-max), gate ~ Bernoulli(p), m = sigmoid(logit m + m_sigma z); all from `noise`."""
+        log_pi = F.log_softmax(self.pi_logits, dim=0)
+        k = (log_pi.cpu() + noise.gumbel.to(log_pi.dtype).cpu()).argmax(dim=1)
+        p = self.p().detach().cpu()[k]
+        on = (noise.bernoulli_u.cpu() < p).to(p.dtype)
+        z = noise.m_noise.cpu().to(p.dtype) if noise.m_noise is not None else torch.zeros_like(p)
+        m = torch.sigmoid(self.m_logits.detach().cpu()[k] + m_sigma * z)
+        return PolicyChoices(k=k, on=on, m=m, z=z)
+
+    @torch.no_grad()
+    def apply_choices(self, batch: PoseBatch, choices: PolicyChoices, noise: PolicyNoise) -> PoseBatch:
+        """The batch augmented by the hard draw: per image, its sub-policy's ops that are on, in slot order."""
+        if batch.heatmaps is None:
+            raise ValueError("RelaxedPolicy needs heatmap targets in the batch (render them before augmenting)")
+        out = PoseBatch(images=batch.images.clone(), keypoints=batch.keypoints.clone(),
+                        visible=batch.visible.clone(), heatmaps=batch.heatmaps.clone())
+        device = batch.images.device
+        for k in sorted(set(choices.k.tolist())):
+            for n, name in enumerate(self.slots[k]):
+                rows = ((choices.k == k) & (choices.on[:, n] > 0)).nonzero().squeeze(1)
+                if rows.numel() == 0:
+                    continue
+                drows = rows.to(device)
+                res = apply_op(name, _rows(out, drows), choices.m[rows, n].to(device, batch.images.dtype),
+                               sign=noise.sign[rows, n].to(device, batch.images.dtype), flip_pairs=self.flip_pairs,
+                               draws=noise.draws[rows, n].to(device, batch.images.dtype))
+                out.images[drows], out.heatmaps[drows] = res.images, res.heatmaps
+                out.keypoints[drows], out.visible[drows] = res.keypoints, res.visible
+        return out
+
+    def log_prob_grads(self, choices: PolicyChoices, advantage: torch.Tensor, m_sigma: float
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """sum_i A_i grad log q(draw_i) for (pi_logits, p_logits, m_logits): the score-function ascent direction.
+
+        d log Cat(k)/d logits = onehot(k) - pi; d log Bern(b; p)/d logit p = b - p (only at the image's k);
+        d log N(logit m_i; logit m, s)/d logit m = z / s, counted only where the op was on (else m did nothing)."""
+        kk, nn_ = self.num_sub_policies, self.ops_per_sub_policy
+        a = advantage.detach().cpu().to(torch.float64)
+        pi = self.pi().detach().cpu().to(torch.float64)
+        onehot = F.one_hot(choices.k, kk).to(torch.float64)
+        g_pi = (a.view(-1, 1) * (onehot - pi)).sum(0)
+        p = self.p().detach().cpu().to(torch.float64)[choices.k]
+        on = choices.on.to(torch.float64)
+        g_p = torch.zeros(kk, nn_, dtype=torch.float64).index_add_(0, choices.k, a.view(-1, 1) * (on - p))
+        g_m = torch.zeros(kk, nn_, dtype=torch.float64).index_add_(
+            0, choices.k, a.view(-1, 1) * on * choices.z.to(torch.float64) / m_sigma)
+        return g_pi, g_p, g_m
 
     def choice_weights(self, noise: PolicyNoise) -> torch.Tensor:
         """c of Eq. 3, [B, K]; hard: one-hot forward value with the softmax's gradient (straight-through)."""

@@ -1,0 +1,286 @@
+"""Planted-shift test of DA2's d gradient: does the search move the policy towards the op the data asks for?
+
+Train crops are SynthPose as generated (upright figures, +-15 deg); the search-val crops of the planted run carry
+one shift applied with the platform's own op (rotate: Rotate +-40 deg, scale: Scale +-35 %, blur: GaussianBlur
+sigma 2 px, occlusion: Cutout of half the crop width). A paired natural run uses the same seed, model init, train
+batches, val crops (unshifted) and policy noise. If the d gradient is op-specific, the shifted op's p gains more in
+the planted run than in the natural one, and more than the other ops do.
+
+    .venv/bin/python benchmarks/da2_planted.py --seed 0 --shift rotate [--updates 600] --out F.json
+    .venv/bin/python benchmarks/da2_planted.py --seed 0 --shift rotate --snr 60 --out snr.json   # SNR mode
+
+Writes {"shifted_op", "updates", "wall_seconds", "planted": {"ops": {OP: {"mean_p", "mean_m", "pi",
+"rank_by_p"}}}, "natural": {...}, "settings": {...}} (mean over the slots holding the op; pi = total weight of
+the sub-policies holding it; rank 1 = highest mean p). One CPU thread unless --threads says otherwise.
+
+--snr N measures, at a frozen state (after --warmup steps of the natural run), N paired draws of the d gradient on
+the same train batch, w step and policy noise, once with the planted and once with the natural search-val batch:
+the per-step SNR (mean / std over draws) of the shifted op's planted-minus-natural p ascent direction, and of the
+same minus the other ops' mean (op-specific), for each estimator setting in ESTIMATORS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from da2_platform.config import ExperimentConfig
+from da2_platform.data.heatmaps import render_heatmaps
+from da2_platform.data.splits import write_search_split
+from da2_platform.data.synthpose import write_synthpose
+from da2_platform.data.topdown import TopDownDataset
+from da2_platform.files import write_json_atomic
+from da2_platform.search.bilevel import BilevelStep, ScoreStep
+from da2_platform.search.da2_job import make_da2_step
+from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
+from da2_platform.training.loop import build_model
+from da2_platform.training.step import make_optimizer
+from pose_models.p2net import P2NetOutput
+from search_spaces.batch import PoseBatch
+from search_spaces.ops import OP_NAMES, apply_op
+
+SHIFTS = {  # shift -> (op, magnitude m in [0, 1]); signed ops get a random sign per crop
+    "rotate": ("Rotate", 40.0 / 45.0),
+    "scale": ("Scale", 1.0),
+    "blur": ("GaussianBlur", 1.0),
+    "occlusion": ("Cutout", 1.0),
+}
+SETTINGS = {  # the benchmark's fixed recipe (small enough for one CPU thread)
+    "synth_train_images": 160, "data_seed": 0, "input_size": [64, 48], "batch_size": 16, "val_batch_size": 16,
+    "model": "small",  # SmallPoseNet; or a ModelConfig dict, e.g. {"preset": "cpu-tiny"}
+    "w_lr": 1e-3, "sub_policies": 18, "ops_per_sub_policy": 2, "slot_design": "balanced",
+}
+ESTIMATORS = {  # SNR mode: DA2Config overrides of each measured setting
+    "relaxed": {"estimator": "relaxed", "normalise": True},
+    "score": {"estimator": "score", "centre_p": False},
+    "score_centred": {"estimator": "score", "centre_p": True},
+    "score_centred_2draws": {"estimator": "score", "centre_p": True, "draws_per_image": 2},
+    "score_centred_4draws": {"estimator": "score", "centre_p": True, "draws_per_image": 4},
+}
+
+
+def experiment_config(seed: int, **da2) -> ExperimentConfig:
+    s = SETTINGS
+    return ExperimentConfig.model_validate({
+        "seed": seed, "workdir": "work/bench-da2-planted",
+        "data": {"input_size": s["input_size"]},
+        "model": s["model"] if isinstance(s["model"], dict) else {},
+        "train": {"batch_size": s["batch_size"], "lr": s["w_lr"], "bf16": False},
+        "search": {"da2": {"sub_policies": s["sub_policies"], "ops_per_sub_policy": s["ops_per_sub_policy"],
+                           "slot_design": s["slot_design"], "val_batch_size": s["val_batch_size"], **da2}},
+    })
+
+
+def load_crops(workdir: Path) -> tuple[PoseBatch, PoseBatch, list]:
+    """All search-train and search-val crops in memory, with heatmap targets."""
+    paths = write_synthpose(workdir / "synthpose", train=SETTINGS["synth_train_images"], val=1,
+                            seed=SETTINGS["data_seed"])
+    train_ann, val_ann = write_search_split(paths.train_annotations, workdir / "splits", 0.25,
+                                            SETTINGS["data_seed"])
+    size = tuple(SETTINGS["input_size"])
+    out = []
+    for ann in (train_ann, val_ann):
+        ds = TopDownDataset(ann, paths.train_images, input_size=size)
+        items = [ds[i] for i in range(len(ds))]
+        keypoints = torch.stack([it["keypoints"] for it in items])
+        visible = torch.stack([it["visible"] for it in items])
+        heatmaps, weights = render_heatmaps(keypoints, visible, size)
+        out.append(PoseBatch(images=torch.stack([it["image"] for it in items]), keypoints=keypoints,
+                             visible=weights, heatmaps=heatmaps))
+    return out[0], out[1], ds.flip_pairs
+
+
+def shifted(val: PoseBatch, shift: str, seed: int) -> PoseBatch:
+    """The val crops with the planted shift, drawn once per crop (seeded)."""
+    op, m = SHIFTS[shift]
+    g = torch.Generator().manual_seed(10_000 + seed)
+    n = len(val)
+    sign = torch.randint(0, 2, (n,), generator=g).float() * 2 - 1
+    draws = torch.rand(n, 2, generator=g)
+    with torch.no_grad():
+        return apply_op(op, val, torch.full((n,), m), sign=sign, flip_pairs=[], draws=draws)
+
+
+class SmallPoseNet(nn.Module):
+    """Six 3x3 convs to 17 heatmaps at 1/4 resolution (~40k parameters): the benchmark's network when
+    SETTINGS["model"] is "small" (a DA2 step of cpu-tiny P2Net costs ~10x more CPU; the shared machine is busy)."""
+
+    def __init__(self, joints: int = 17, width: int = 32):
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+                                 nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.body = nn.Sequential(block(3, width // 2, 2), block(width // 2, width // 2), block(width // 2, width, 2),
+                                  block(width, width), block(width, width, dilation=2), block(width, width, dilation=4))
+        self.head = nn.Conv2d(width, joints, 1)
+
+    def forward(self, images: torch.Tensor) -> P2NetOutput:
+        heatmaps = self.head(self.body(images))
+        return P2NetOutput(heatmaps=heatmaps, stage_heatmaps=[heatmaps])
+
+
+class Run:
+    """One DA2 search (network, policy, both optimisers, its d estimator) on in-memory batches."""
+
+    def __init__(self, cfg: ExperimentConfig, flip_pairs: list):
+        sc = cfg.search.da2
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.model = SmallPoseNet() if SETTINGS["model"] == "small" else build_model(cfg, 17)
+        slots = op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed, design=sc.slot_design)
+        self.policy = RelaxedPolicy(slots, flip_pairs, tau1=sc.tau1, tau2=sc.tau2, hard=sc.hard_choice)
+        self.w_opt = make_optimizer(self.model, cfg.train)
+        self.d_opt = torch.optim.Adam(self.policy.parameters(), lr=sc.policy_lr, betas=sc.policy_betas)
+        self.step = make_da2_step(cfg, self.model, self.policy, self.w_opt, self.d_opt, torch.device("cpu"))
+        self.noise = torch.Generator().manual_seed(cfg.seed)
+
+    def op_table(self) -> dict:
+        pi = self.policy.pi().detach().numpy()
+        p, m = self.policy.p().detach().numpy(), self.policy.m().detach().numpy()
+        rows = {}
+        for op in OP_NAMES:
+            held = [(k, n) for k, slot in enumerate(self.policy.slots) for n, name in enumerate(slot) if name == op]
+            if not held:
+                continue
+            rows[op] = {"mean_p": float(np.mean([p[k, n] for k, n in held])),
+                        "mean_m": float(np.mean([m[k, n] for k, n in held])),
+                        "pi": float(sum(pi[k] for k in {k for k, _ in held}))}
+        for rank, op in enumerate(sorted(rows, key=lambda o: -rows[o]["mean_p"]), start=1):
+            rows[op]["rank_by_p"] = rank
+        return {"ops": rows}
+
+
+def batches(train: PoseBatch, val: PoseBatch, seed: int, batch: int, val_batch: int):
+    """Endless (train rows, val rows): seeded epochs over train, seeded draws over val; shared by a pair."""
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    while True:
+        if len(order) < batch:
+            order += rng.permutation(len(train)).tolist()
+        rows, order = order[:batch], order[batch:]
+        yield torch.tensor(rows), torch.tensor(rng.choice(len(val), size=val_batch, replace=False))
+
+
+def paired_search(args, train, val_nat, val_pl, flip_pairs) -> dict:
+    cfg = experiment_config(args.seed, steps=args.updates)
+    runs = {"planted": Run(cfg, flip_pairs), "natural": Run(cfg, flip_pairs)}
+    vals = {"planted": val_pl, "natural": val_nat}
+    stream = batches(train, val_nat, args.seed, SETTINGS["batch_size"], SETTINGS["val_batch_size"])
+    for step in range(args.updates):
+        t_rows, v_rows = next(stream)
+        tb = train.select(t_rows)
+        for name, run in runs.items():
+            run.step(tb, vals[name].select(v_rows), run.policy.sample_noise(len(tb), run.noise))
+        if args.verbose and (step + 1) % 50 == 0:
+            shifted_op = SHIFTS[args.shift][0]
+            print(json.dumps({"step": step + 1, **{n: round(r.op_table()["ops"][shifted_op]["mean_p"], 4)
+                                                    for n, r in runs.items()}}), flush=True)
+    return {name: run.op_table() for name, run in runs.items()}
+
+
+def d_ascent(step, train: PoseBatch, vals: dict, noise, normalise: bool) -> dict:
+    """The d ascent direction of the p logits for each val batch, from ONE w step (restored by the caller)."""
+    out = {}
+    if isinstance(step, ScoreStep):
+        train, groups = step.repeat_images(train)
+        choices = step.policy.sample_choices(noise, step.m_sigma)
+        aug = step.policy.apply_choices(train, choices, noise)
+        w_before = [p.detach().clone() for p in step.weights]
+        loss_at_w = step.w_step(aug)
+        for name, val in vals.items():
+            r, _, _ = step.credits(aug, val, w_before, loss_at_w)
+            out[name] = -step.policy_grads(choices, r, groups)[1].detach()
+    else:
+        assert isinstance(step, BilevelStep)
+        w_before = [p.detach().clone() for p in step.weights]
+        _, d_w = step.w_step(train, noise, keep_d_grad=step.mode == "forward")
+        for name, val in vals.items():
+            hyper, _, _ = step.hypergradient(train, val, noise, w_before, d_w)
+            g = -hyper[1].detach()
+            if normalise:
+                rms = torch.sqrt(sum((h ** 2).sum() for h in hyper) / sum(h.numel() for h in hyper))
+                g = g / rms
+            out[name] = g
+    return out
+
+
+def snr_mode(args, train, val_nat, val_pl, flip_pairs) -> dict:
+    op = SHIFTS[args.shift][0]
+    result = {"shifted_op": op, "draws": args.snr, "warmup": args.warmup, "estimators": {}}
+    for label in args.estimators:
+        overrides = ESTIMATORS[label]
+        cfg = experiment_config(args.seed, **overrides)
+        run = Run(cfg, flip_pairs)
+        stream = batches(train, val_nat, args.seed, SETTINGS["batch_size"], SETTINGS["val_batch_size"])
+        for _ in range(args.warmup):  # natural warm-up: the network learns something first
+            t_rows, v_rows = next(stream)
+            tb = train.select(t_rows)
+            run.step(tb, val_nat.select(v_rows), run.policy.sample_noise(len(tb), run.noise))
+        frozen = (copy.deepcopy(run.model.state_dict()), copy.deepcopy(run.w_opt.state_dict()))
+        slots = run.policy.slots
+        mask = {o: torch.tensor([[1.0 if name == o else 0.0 for name in slot] for slot in slots]) for o in OP_NAMES}
+        shift_diff, specific = [], []
+        t0 = time.perf_counter()
+        for _ in range(args.snr):
+            t_rows, v_rows = next(stream)
+            tb = train.select(t_rows)
+            g = d_ascent(run.step, tb, {"planted": val_pl.select(v_rows), "natural": val_nat.select(v_rows)},
+                         run.policy.sample_noise(len(tb), run.noise), overrides.get("normalise", False))
+            diff = g["planted"] - g["natural"]
+            per_op = {o: float((diff * mask[o]).sum() / mask[o].sum()) for o in OP_NAMES if mask[o].sum() > 0}
+            shift_diff.append(per_op[op])
+            specific.append(per_op[op] - float(np.mean([v for o, v in per_op.items() if o != op])))
+            run.model.load_state_dict(frozen[0])
+            run.w_opt.load_state_dict(frozen[1])
+        sd, sp = np.array(shift_diff), np.array(specific)
+        result["estimators"][label] = {
+            "overrides": overrides, "snr_shift": float(sd.mean() / sd.std(ddof=1)),
+            "snr_op_specific": float(sp.mean() / sp.std(ddof=1)), "mean_shift": float(sd.mean()),
+            "mean_op_specific": float(sp.mean()), "seconds_per_draw": (time.perf_counter() - t0) / args.snr}
+        print(json.dumps({label: result["estimators"][label]}), flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--shift", choices=sorted(SHIFTS), required=True)
+    parser.add_argument("--updates", type=int, default=600)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workdir", default="work/bench-da2-planted")
+    parser.add_argument("--snr", type=int, default=0, help="SNR mode: number of paired draws")
+    parser.add_argument("--warmup", type=int, default=100, help="SNR mode: natural DA2 steps before measuring")
+    parser.add_argument("--estimators", nargs="*", default=list(ESTIMATORS), help="SNR mode: which settings")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    if args.updates < 1:
+        parser.error("--updates must be at least 1")
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    train, val_nat, flip_pairs = load_crops(Path(args.workdir))
+    val_pl = shifted(val_nat, args.shift, args.seed)
+    if args.snr:
+        result = snr_mode(args, train, val_nat, val_pl, flip_pairs)
+        result["settings"] = {**SETTINGS, "threads": args.threads, "seed": args.seed}
+    else:
+        tables = paired_search(args, train, val_nat, val_pl, flip_pairs)
+        result = {"shifted_op": SHIFTS[args.shift][0], "updates": args.updates,
+                  "wall_seconds": time.perf_counter() - start, **tables,
+                  "settings": {**SETTINGS, "threads": args.threads, "seed": args.seed,
+                               "da2": experiment_config(args.seed).search.da2.model_dump(mode="json")}}
+    write_json_atomic(Path(args.out), result)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("planted", "natural", "settings")}))
+
+
+if __name__ == "__main__":
+    main()
