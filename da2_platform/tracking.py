@@ -7,6 +7,7 @@ MLFLOW_TRACKING_URI.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import urllib.error
@@ -64,12 +65,36 @@ def point_mlflow_at(uri: str) -> None:
 
 def setup_tracking(cfg: ExperimentConfig, override: str | None = None) -> str:
     """Point mlflow at the store, create the experiment with an explicit artifact location; return its id."""
-    import mlflow
-
     uri = resolve_tracking_uri(cfg, override)
     check_tracking(uri)
     point_mlflow_at(uri)
     name = cfg.tracking.experiment or cfg.name
+    with _store_lock(uri):
+        return _get_or_create_experiment(cfg, uri, name)
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """Two drivers that open a new SQLite store at once would both create its tables and run its migrations and
+    break it: the first to come creates the store and the experiment, the other waits (a lock file beside it)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _get_or_create_experiment(cfg: ExperimentConfig, uri: str, name: str) -> str:
+    import mlflow
+
     for attempt in range(3):
         try:
             existing = mlflow.get_experiment_by_name(name)
@@ -79,7 +104,7 @@ def setup_tracking(cfg: ExperimentConfig, override: str | None = None) -> str:
             return mlflow.create_experiment(name, artifact_location=location)
         except TrackingError:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- a store or server can fail in many ways; all are reported
             # another driver creating the same store or experiment at the same moment: look again
             raced = _experiment_id(name)
             if raced is not None:
