@@ -9,18 +9,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from da2_platform.data.geometry import apply_affine, box_to_center_scale, crop_affine, invert_affine
+from da2_platform.data.geometry import apply_affine, box_to_center_scale, crop_affine
 from da2_platform.data.heatmaps import (
     decode_heatmaps,
     default_sigma,
     flip_heatmaps_back,
-    flip_keypoints,
     flip_pairs_from_names,
     heatmap_size_for,
     heatmap_to_image_coords,
     render_heatmaps,
 )
 from da2_platform.data.synthpose import COCO_KEYPOINT_NAMES
+from search_spaces.ops import flip_permutation
 
 COCO_FLIP_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]
 
@@ -105,7 +105,8 @@ def test_warped_pixels_land_where_the_affine_sends_points(rotation: float):
     crop = cv2.warpAffine(image, matrix, (192, 256), flags=cv2.INTER_LINEAR)
     for (x, y), channel in zip(apply_affine(dots, matrix), range(3)):
         assert crop[round(y), round(x), channel] > 200
-    np.testing.assert_allclose(apply_affine(apply_affine(dots, matrix), invert_affine(matrix)), dots, atol=1e-9)
+    np.testing.assert_allclose(apply_affine(apply_affine(dots, matrix), cv2.invertAffineTransform(matrix)), dots,
+                               atol=1e-9)
 
 
 def test_flip_pairs_come_from_the_names():
@@ -118,7 +119,9 @@ def test_flip_back_of_mirrored_prediction_matches_the_original():
     keypoints = torch.tensor(rng.uniform([30, 30], [160, 220], (2, 17, 2)), dtype=torch.float32)
     visible = torch.ones(2, 17)
     original, _ = render_heatmaps(keypoints, visible, (256, 192))
-    mirrored_points, mirrored_visible = flip_keypoints(keypoints, visible, 192, COCO_FLIP_PAIRS)
+    order = flip_permutation(COCO_FLIP_PAIRS, 17)  # the crop mirrored (x -> W-1-x), left and right swapped
+    mirrored_points, mirrored_visible = keypoints.clone()[:, order], visible[:, order]
+    mirrored_points[..., 0] = 191 - mirrored_points[..., 0]
     mirrored, _ = render_heatmaps(mirrored_points, mirrored_visible, (256, 192))  # what a model sees mirrored
 
     restored = flip_heatmaps_back(mirrored, COCO_FLIP_PAIRS, shift=True)

@@ -11,8 +11,8 @@ from typing import Any
 
 _EXPORTS = {
     "da2_platform.data.coco": ["CocoKeypoints", "PersonInstance", "load_coco_keypoints"],
-    "da2_platform.data.geometry": ["apply_affine", "box_to_center_scale", "crop_affine", "invert_affine"],
-    "da2_platform.data.heatmaps": ["decode_heatmaps", "default_sigma", "flip_heatmaps_back", "flip_keypoints",
+    "da2_platform.data.geometry": ["apply_affine", "box_to_center_scale", "crop_affine"],
+    "da2_platform.data.heatmaps": ["decode_heatmaps", "default_sigma", "flip_heatmaps_back",
                                    "flip_pairs_from_names", "heatmap_size_for", "heatmap_to_image_coords",
                                    "render_heatmaps"],
     "da2_platform.data.roundtrip": ["RoundTripReport", "codec_roundtrip"],
@@ -23,8 +23,8 @@ _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "COCO_KEYPOINT_NAMES", "COCO_SKELETON", "CocoKeypoints", "CropGeometry", "PersonInstance", "RoundTripReport",
     "SynthPosePaths", "TopDownDataset", "apply_affine", "box_to_center_scale", "codec_roundtrip", "crop_affine",
-    "decode_heatmaps", "default_sigma", "flip_heatmaps_back", "flip_keypoints", "flip_pairs_from_names",
-    "heatmap_size_for", "heatmap_to_image_coords", "invert_affine", "load_coco_keypoints", "render_heatmaps",
+    "decode_heatmaps", "default_sigma", "flip_heatmaps_back", "flip_pairs_from_names",
+    "heatmap_size_for", "heatmap_to_image_coords", "load_coco_keypoints", "render_heatmaps",
     "write_synthpose",
 ]
 

@@ -46,13 +46,6 @@ def crop_affine(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, i
     return np.concatenate([linear, offset[:, None]], axis=1)
 
 
-def invert_affine(matrix: np.ndarray) -> np.ndarray:
-    """Inverse of a 2x3 affine matrix."""
-    linear = matrix[:, :2]
-    inv_linear = np.linalg.inv(linear)
-    return np.concatenate([inv_linear, (-inv_linear @ matrix[:, 2])[:, None]], axis=1)
-
-
 def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Points [..., 2] (x, y) through a 2x3 affine matrix; keeps the input's float dtype."""
     points = np.asarray(points)

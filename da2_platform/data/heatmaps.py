@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from search_spaces.ops import flip_permutation
+
 DECODE_METHODS = ("standard", "dark")
 HEATMAP_STRIDE = 4
 BLUR_KERNEL = 11  # the post-processing blur of the paper and of DARK (cv2's rule gives sigma 2 for 11 taps)
@@ -177,28 +179,12 @@ def flip_pairs_from_names(names: Sequence[str]) -> list[tuple[int, int]]:
     return pairs
 
 
-def flip_permutation(num_joints: int, flip_pairs: Sequence[tuple[int, int]]) -> list[int]:
-    """Index list that swaps every left joint with its right partner."""
-    order = list(range(num_joints))
-    for a, b in flip_pairs:
-        order[a], order[b] = b, a
-    return order
-
-
 def flip_heatmaps_back(heatmaps: Tensor, flip_pairs: Sequence[tuple[int, int]], shift: bool = True) -> Tensor:
     """Heatmaps [B, J, h, w] predicted on a mirrored crop -> heatmaps of the original crop: mirror the width,
     swap left/right channels and, with `shift`, move one pixel right (a mirrored crop pixel x lands on W-1-x,
     which after mirroring back leaves the peak 0.75 heatmap px to the left)."""
-    flipped = heatmaps.flip(-1)[:, flip_permutation(heatmaps.shape[1], flip_pairs)]
+    flipped = heatmaps.flip(-1)[:, flip_permutation(flip_pairs, heatmaps.shape[1])]
     if shift:
         flipped = torch.cat([flipped[..., :1], flipped[..., :-1]], dim=-1)
     return flipped
 
-
-def flip_keypoints(keypoints: Tensor, visible: Tensor, width: int,
-                   flip_pairs: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
-    """Keypoints [..., J, 2] of a crop `width` px wide, mirrored (x -> width-1-x) with left/right swapped."""
-    order = flip_permutation(keypoints.shape[-2], flip_pairs)
-    mirrored = keypoints.clone()
-    mirrored[..., 0] = (width - 1) - mirrored[..., 0]
-    return mirrored[..., order, :], visible[..., order]
