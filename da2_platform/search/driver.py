@@ -147,7 +147,7 @@ def check_trusted_folder(path: Path) -> None:
             refuse(entry, "is a symbolic link")
         if st.st_uid != uid:
             refuse(entry, f"belongs to user id {st.st_uid}, not to you ({uid})")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and not _private_group(st.st_gid)):
             refuse(entry, f"is writable by {'others' if st.st_mode & stat.S_IWOTH else 'its group'} "
                           f"(mode {stat.S_IMODE(st.st_mode):o})")
 
@@ -160,6 +160,18 @@ def check_trusted_folder(path: Path) -> None:
         for name in dirs + files:
             entry = Path(root, name)
             check(entry, entry.lstat())
+
+
+def _private_group(gid: int) -> bool:
+    """A user's own group (umask 002 systems): named after the user, no other members."""
+    import grp
+    import pwd
+
+    try:
+        group, user = grp.getgrgid(gid), pwd.getpwuid(os.getuid())
+    except KeyError:
+        return False
+    return group.gr_name == user.pw_name and not [m for m in group.gr_mem if m != user.pw_name]
 
 
 def _check_tracking_uri(cfg: ExperimentConfig, override: str | None) -> str:
