@@ -236,3 +236,14 @@ def test_registering_a_known_result_again_moves_candidate_to_it(tmp_path):
     assert register_policy(cfg, none, "fixed:none", run_id, 0.1, 0.01) == "1"  # the same result again
     assert str(client.get_model_version_by_alias("pose-aug-policy", "candidate").version) == "1"
     assert len(client.search_model_versions("name='pose-aug-policy'")) == 2
+
+
+def test_data_inspect_check_images_catches_an_unreadable_image(tmp_path, capsys, synthpose_small):
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(synthpose_small.val_images, images)
+    victim = min(images.iterdir())
+    victim.write_bytes(b"not an image")
+    fails_cleanly(["data", "inspect", "--annotations", str(synthpose_small.val_annotations), "--images",
+                   str(images), "--check-images"], capsys, f"{victim} (not a readable image)", tmp_path)

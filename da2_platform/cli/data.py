@@ -66,6 +66,9 @@ def inspect(
     images: Annotated[Path, typer.Option("--images", help="Folder holding the images the JSON names.")],
     input_size: Annotated[str, typer.Option("--input-size", help="Network input HEIGHTxWIDTH.")] = "256x192",
     json_out: Annotated[bool, typer.Option("--json", help="Print counts and round-trip AP as JSON.")] = False,
+    check_images: Annotated[bool, typer.Option("--check-images", help="Also decode every image the file names "
+                                                                      "(fails on a missing or unreadable one).")]
+    = False,
 ) -> None:
     """Counts of a COCO keypoints set and its codec round-trip AP (paper decoder and DARK).
 
@@ -76,6 +79,10 @@ def inspect(
     from da2_platform.data.roundtrip import codec_roundtrip
 
     size = parse_hw(input_size, "--input-size")
+    if check_images:
+        from da2_platform.data.coco import check_images as decode_all
+
+        decode_all(annotations, images)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("codec round trip", total=None)
 

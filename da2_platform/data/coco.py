@@ -218,3 +218,28 @@ def _clipped_box(bbox: Any, image: dict[str, Any]) -> tuple[str | None, np.ndarr
 
 def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def unreadable_images(coco: CocoKeypoints, images_dir: str | Path) -> list[tuple[str, str]]:
+    """(file name, why) for every image of the file that is missing or that OpenCV cannot decode."""
+    import cv2
+
+    bad = []
+    for image_id in sorted(coco.images):
+        path = coco.image_file(images_dir, image_id)
+        if not path.is_file():
+            bad.append((str(path), "missing"))
+        elif cv2.imread(str(path), cv2.IMREAD_COLOR) is None:
+            bad.append((str(path), "not a readable image"))
+    return bad
+
+
+def check_images(annotations: str | Path, images_dir: str | Path) -> int:
+    """Decode every image an annotations file names; a DataError lists the first few that fail."""
+    coco = load_coco_keypoints(annotations)
+    bad = unreadable_images(coco, images_dir)
+    if bad:
+        shown = "; ".join(f"{name} ({why})" for name, why in bad[:5])
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(f"{annotations}: {len(bad)} of {len(coco.images)} images cannot be read: {shown}{more}")
+    return len(coco.images)
