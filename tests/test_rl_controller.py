@@ -193,3 +193,15 @@ def test_restore_rejects_foreign_and_mismatched_state(tmp_path) -> None:
 def test_searcher_rejects_unknown_options() -> None:
     with pytest.raises(TypeError, match="learning_rate"):
         RLAutoAugmentSearcher(SPACE, learning_rate=0.1)
+
+
+def test_controller_and_ppo_defaults_are_autoaugments() -> None:
+    """AutoAugment: lr 0.00035, entropy weight 0.00001, reward baseline EMA 0.95, weights uniform in [-0.1, 0.1]
+    (what the README states; clip and epochs are not in the paper)."""
+    searcher = RLAutoAugmentSearcher(SPACE, seed=0)
+    trainer = searcher.trainer
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.00035)
+    assert trainer.entropy_weight == pytest.approx(0.00001) and trainer.baseline_decay == pytest.approx(0.95)
+    assert (trainer.clip, trainer.epochs) == (0.2, 4)
+    weights = torch.cat([p.detach().flatten() for p in searcher.controller.parameters()])
+    assert weights.abs().max() <= 0.1 and weights.abs().max() > 0.09
