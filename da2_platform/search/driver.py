@@ -235,6 +235,8 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
     recorder = SearchRecorder(cfg, method, uri, experiment_id, state["run_id"], state["part"],
                               delete_checkpoints=not cfg.search.keep_checkpoints,
                               defer_cleanup=job.keep_checkpoints is None)
+    # one checkpoint per running trial makes Tune save its state at every report, by design: not worth a warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     run_config = {"stop": stopper, "callbacks": [recorder],
                   "failure_config": tune.FailureConfig(max_failures=cfg.search.max_failures)}
     try:
