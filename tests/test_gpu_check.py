@@ -101,7 +101,8 @@ def test_unknown_section_is_refused_with_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_runs_every_section_on_the_cpu_to_completion(tmp_path):
-    """About 3 minutes on a quiet 2-core machine; --slack 3 widens the caps so a busy one does not fail it."""
+    """11 min on the shared 2-core machine at load average 15-30 (the target is 3 min on a quiet one); --slack 5
+    widens every cap so a busy machine does not turn slow sections into failures."""
     out = tmp_path / "smoke.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--slack", "5", "--out", str(out)], env=env,
