@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from da2_platform.config import ExperimentConfig
@@ -59,8 +60,9 @@ SETTINGS = {  # the benchmark's fixed recipe (small enough for one CPU thread)
 }
 ESTIMATORS = {  # SNR mode: DA2Config overrides of each measured setting
     "relaxed": {"estimator": "relaxed", "normalise": True},
-    "score": {"estimator": "score", "centre_p": False},
-    "score_centred": {"estimator": "score", "centre_p": True},
+    "score": {"estimator": "score", "centre_p": False, "draws_per_image": 1},
+    "score_2draws": {"estimator": "score", "centre_p": False, "draws_per_image": 2},
+    "score_centred": {"estimator": "score", "centre_p": True, "draws_per_image": 1},
     "score_centred_2draws": {"estimator": "score", "centre_p": True, "draws_per_image": 2},
     "score_centred_4draws": {"estimator": "score", "centre_p": True, "draws_per_image": 4},
 }
@@ -171,7 +173,7 @@ def batches(train: PoseBatch, val: PoseBatch, seed: int, batch: int, val_batch: 
 
 
 def paired_search(args, train, val_nat, val_pl, flip_pairs) -> dict:
-    cfg = experiment_config(args.seed, steps=args.updates)
+    cfg = experiment_config(args.seed, steps=args.updates, **args.da2)
     runs = {"planted": Run(cfg, flip_pairs), "natural": Run(cfg, flip_pairs)}
     vals = {"planted": val_pl, "natural": val_nat}
     stream = batches(train, val_nat, args.seed, SETTINGS["batch_size"], SETTINGS["val_batch_size"])
@@ -261,10 +263,12 @@ def main() -> None:
     parser.add_argument("--snr", type=int, default=0, help="SNR mode: number of paired draws")
     parser.add_argument("--warmup", type=int, default=100, help="SNR mode: natural DA2 steps before measuring")
     parser.add_argument("--estimators", nargs="*", default=list(ESTIMATORS), help="SNR mode: which settings")
+    parser.add_argument("--da2", nargs="*", default=[], help="DA2Config overrides key=value (YAML values)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     if args.updates < 1:
         parser.error("--updates must be at least 1")
+    args.da2 = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.da2)}
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     train, val_nat, flip_pairs = load_crops(Path(args.workdir))
@@ -277,7 +281,7 @@ def main() -> None:
         result = {"shifted_op": SHIFTS[args.shift][0], "updates": args.updates,
                   "wall_seconds": time.perf_counter() - start, **tables,
                   "settings": {**SETTINGS, "threads": args.threads, "seed": args.seed,
-                               "da2": experiment_config(args.seed).search.da2.model_dump(mode="json")}}
+                               "da2": experiment_config(args.seed, **args.da2).search.da2.model_dump(mode="json")}}
     write_json_atomic(Path(args.out), result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("planted", "natural", "settings")}))
 
