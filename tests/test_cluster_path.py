@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -180,6 +181,34 @@ def stop_processes(root: Path, roots: list[int]) -> None:
     psutil.wait_procs(alive, timeout=10)
 
 
+def wait_http(url: str, timeout_s: float, log: Path | None = None) -> None:
+    """Until `url` answers at all (the job server answers 401 without the token: it is up)."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            pass
+        assert time.time() < deadline, f"{url} did not answer: {log.read_text()[-2000:] if log else ''}"
+        time.sleep(0.5)
+
+
+def start_node(cmd: list[str], temp_dir: Path, env: dict, attempts: int = 3) -> None:
+    """`ray start`, again from scratch when it fails: Ray 2.60 gives a raylet 30 s to register with the GCS
+    (hard-coded in ray/_private/node.py), which a machine busy with other test runs can miss."""
+    for attempt in range(attempts):
+        out = run(cmd, env, 240)
+        if out.returncode == 0:
+            return
+        stop_processes(temp_dir, [])
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        time.sleep(10 * (attempt + 1))
+    pytest.fail(f"{' '.join(cmd[:3])} failed {attempts} times: {out.stdout[-2000:]}{out.stderr[-3000:]}")
+
+
 @pytest.fixture(scope="module")
 def cluster():
     # short root: Ray's Unix socket paths under <temp-dir>/session_*/sockets must stay under 107 characters
@@ -214,10 +243,15 @@ def cluster():
         gcs, dash = free_port(), free_port()
         common = ["--node-ip-address", NODE_IP, "--num-cpus=1", "--object-store-memory=150000000",
                   "--disable-usage-stats"]
-        head = run([str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--dashboard-host", NODE_IP,
+        start_node([str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--dashboard-host", NODE_IP,
                     f"--dashboard-port={dash}", "--include-dashboard=true", f"--ray-client-server-port={free_port()}",
-                    f"--temp-dir={root / 'head'}", *node_ports(), *common], env, 240)
-        assert head.returncode == 0, head.stdout[-3000:] + head.stderr[-3000:]
+                    f"--temp-dir={root / 'head'}", *node_ports(), *common], root / "head", env)
+
+        # the head's dashboard and the MLflow server are busy starting: let them finish before the worker's
+        # raylet has to register within Ray's 30 s
+        info.update(dashboard=f"http://{NODE_IP}:{dash}", mlflow=f"http://127.0.0.1:{mlflow_port}")
+        wait_http(info["dashboard"] + "/api/version", 120)
+        wait_http(info["mlflow"] + "/health", 120, root / "mlflow" / "server.log")
 
         # the worker node: its own temp dir, a custom resource, and (where allowed) a private folder that only
         # it sees, mounted in its own mount namespace: a workdir there is not on shared storage
@@ -230,21 +264,9 @@ def cluster():
             quoted = " ".join(f"'{a}'" for a in worker_cmd)
             worker_cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                           f"mount -t tmpfs tmpfs '{private}' && exec {quoted}"]
-        worker = run(worker_cmd, env, 240)
-        assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+        start_node(worker_cmd, root / "worker", env)
 
-        mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(mlflow_uri + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, (root / "mlflow" / "server.log").read_text()[-2000:]
-            time.sleep(0.5)
-        info.update(dashboard=f"http://{NODE_IP}:{dash}", mlflow=mlflow_uri, private=private)
+        info["private"] = private
         workdir = root / "shared" / "work"  # one filesystem for both nodes: shared storage
         config = root / "tiny.yaml"
         config.write_text(TINY_CONFIG.format(workdir=workdir))
