@@ -137,7 +137,7 @@ class DA2Config(_Section):
     normalise: bool = True  # relaxed: drop -zeta's size and divide the hypergradient by its RMS (Adam eps issue)
     centre_p: bool = True  # score: subtract the mean over slots from the p gradient (ops against each other)
     m_sigma: float = Field(0.5, gt=0)  # score: std of the logit-normal magnitude exploration
-    draws_per_image: int = Field(2, ge=1)  # score: policy draws per train image in a batch (baseline per image)
+    draws_per_image: int = Field(1, ge=1)  # score: policy draws per train image (>1: per-image leave-one-out baseline)
     val_batch_size: int | None = Field(None, ge=1)  # search-val batch of a d step; None: train.batch_size
     policy_lr: float = Field(0.05, gt=0)
     policy_betas: tuple[float, float] = (0.9, 0.999)
