@@ -202,7 +202,7 @@ def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) ->
     from da2_platform.data.splits import prepare_data
     from da2_platform.registry import tag_final_ap
     from da2_platform.search.children import child_trainable
-    from da2_platform.search.driver import ledger_row
+    from da2_platform.search.driver import delete_experiment_checkpoints, ledger_row
     from da2_platform.search.trial import trial_resources
 
     data = prepare_data(cfg)
@@ -215,7 +215,8 @@ def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) ->
         tune.with_resources(tune.with_parameters(child_trainable, settings=settings), trial_resources(cfg)),
         param_space={"final": tune.grid_search(finals)},
         tune_config=tune.TuneConfig(max_concurrent_trials=max(1, cfg.search.rl.concurrent)),
-        run_config=tune.RunConfig(name=f"{cfg.name}-final", storage_path=str(storage), verbose=0),
+        run_config=tune.RunConfig(name=f"{cfg.name}-final", storage_path=str(storage), verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     by_method = {}
     for result in tuner.fit():
@@ -223,6 +224,7 @@ def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) ->
         record = {"trial_id": Path(str(result.path)).name, "metrics": dict(result.metrics or {}),
                   "config": {"method": method}, "error": None if result.error is None else str(result.error)}
         by_method[method] = ledger_row(cfg, f"final:{method}", record)
+    delete_experiment_checkpoints(storage / f"{cfg.name}-final")  # scored and recorded: the weights are not kept
     out = []
     for o in outcomes:
         row = by_method[o.method]

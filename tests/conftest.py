@@ -35,8 +35,11 @@ def ray_session(tmp_path_factory):
     """One real local Ray for the whole session (init costs ~5 s and ~700 MiB)."""
     import ray
 
+    from da2_platform.raycluster import init_local_ray
+
     tmp = tmp_path_factory.mktemp("ray")
     os.environ.setdefault("RAY_TMPDIR", str(tmp))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    if not ray.is_initialized():
+        init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)  # on 127.0.0.1 only
     yield ray
     ray.shutdown()

@@ -217,7 +217,7 @@ def cluster():
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in (
         "RAY_ADDRESS", "RAY_TMPDIR", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
-        "RAY_JOB_CONFIG_JSON_ENV_VAR", "VIRTUAL_ENV")}
+        "RAY_JOB_CONFIG_JSON_ENV_VAR", "VIRTUAL_ENV", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     env.update(HOME=str(home), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token",
                RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     started: list[int] = []

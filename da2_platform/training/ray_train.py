@@ -113,7 +113,7 @@ def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = 
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(name=run_name, storage_path=str(storage),
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
     )
     start = time.perf_counter()
     try:
