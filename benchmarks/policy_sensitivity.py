@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--policies", nargs="+", default=[*FIXED, UNIFORM])
     parser.add_argument("--pretrain-steps", type=int, default=PretrainSettings().steps)
     parser.add_argument("--evals", type=int, default=1, help="val evaluations per training (the curve)")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="train nothing: summarise the runs already in --out (e.g. merged from parallel runs)")
     parser.add_argument("--out", default="benchmarks/results/policy_sensitivity.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -90,7 +92,7 @@ def main() -> None:
         cfg = ExperimentConfig.model_validate(raw)
         for name, policy in policies.items():
             key = f"{name}@{seed}"
-            if key in runs:  # a rerun after an interruption keeps what was measured
+            if key in runs or args.summary_only:  # a rerun after an interruption keeps what was measured
                 continue
             curve, seconds = final_ap(cfg, data, policy, args.evals)
             runs[key] = {"policy": name, "seed": seed, "val_ap": curve[-1]["val_ap"], "curve": curve,

@@ -40,7 +40,7 @@ def demo(
         import ray
 
         ray.shutdown()  # inside: its shutdown lines go to the log too
-    terminal.print(f"demo finished in {time.perf_counter() - start:.0f} s")
+        terminal.print(f"demo finished in {time.perf_counter() - start:.0f} s")
 
 
 def _run(terminal, workdir: Path, config: Path | None, methods: str, pretrain_steps: int) -> None:
