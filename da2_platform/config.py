@@ -135,7 +135,7 @@ class DA2Config(_Section):
     policy_update_every: int = Field(1, ge=1)  # a d step after every n-th w step (1: every step)
     zeta: float | None = None  # relaxed: w step size in the unrolled term; None: the w learning rate
     normalise: bool = True  # relaxed: drop -zeta's size and divide the hypergradient by its RMS (Adam eps issue)
-    centre_p: bool = True  # score: subtract the mean over slots from the p gradient (ops against each other)
+    centre_p: bool = False  # score: subtract the slot mean from the p gradient (measured worse: off)
     m_sigma: float = Field(0.5, gt=0)  # score: std of the logit-normal magnitude exploration
     draws_per_image: int = Field(1, ge=1)  # score: policy draws per train image (>1: per-image leave-one-out baseline)
     val_batch_size: int | None = Field(None, ge=1)  # search-val batch of a d step; None: train.batch_size
