@@ -30,11 +30,12 @@ def demo(
     from datetime import UTC, datetime
 
     from da2_platform.console import libraries_to_log
+    from da2_platform.search.progress import progress_to
 
     start = time.perf_counter()
     workdir = workdir.expanduser().resolve()
     log_path = workdir / "logs" / f"demo-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.log"
-    with libraries_to_log(log_path) as terminal:
+    with libraries_to_log(log_path) as terminal, progress_to(terminal):
         terminal.print(f"Ray, Tune and MLflow output goes to {log_path}", soft_wrap=True)
         _run(terminal, workdir, config, methods, pretrain_steps)
         import ray

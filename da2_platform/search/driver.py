@@ -195,6 +195,7 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
     from da2_platform.files import check_output_dir
     from da2_platform.raycluster import ensure_ray
     from da2_platform.search.control import BudgetStopper
+    from da2_platform.search.progress import SearchProgress
     from da2_platform.search.trial import trial_resources
     from da2_platform.tracking import setup_tracking
 
@@ -237,7 +238,8 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
                               defer_cleanup=job.keep_checkpoints is None)
     # one checkpoint per running trial makes Tune save its state at every report, by design: not worth a warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    run_config = {"stop": stopper, "callbacks": [recorder],
+    progress = SearchProgress(method, job.expected_trials, getattr(stopper, "budget", None))
+    run_config = {"stop": stopper, "callbacks": [recorder, progress],
                   "failure_config": tune.FailureConfig(max_failures=cfg.search.max_failures)}
     try:
         if resume:
