@@ -84,7 +84,10 @@ class TuneJob:
     tune_config: dict  # kwargs of ray.tune.TuneConfig (search_alg, scheduler, num_samples, ...)
     search_params: dict  # logged as MLflow params
     artifacts: Callable[[list[dict]], dict[str, bytes]] | None = None  # extra files from the trials' results
-    keep_checkpoints: int | None = 1  # per running trial; None keeps all (PBT exploits older checkpoints)
+    # per running trial; None keeps all (PBT exploits older checkpoints). Two, not one: Tune deletes the older
+    # checkpoint when it registers a new one, before it saves its experiment state, so a driver killed in
+    # between (test_faults) left a saved state naming a deleted checkpoint and the trial could not restore
+    keep_checkpoints: int | None = 2
     expected_trials: int = 1  # trials a finished search has
     allow_partial: bool = False  # early stopping (ASHA) or a time budget may leave trials incomplete
 
