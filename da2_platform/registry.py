@@ -228,9 +228,8 @@ def register_trained_model(cfg: ExperimentConfig, checkpoint: Path, metrics: dic
     name = cfg.tracking.registered_model
     net = model_from_checkpoint(checkpoint)
     with mlflow.start_run(experiment_id=experiment_id, run_name="p2net-train") as run:
-        lineage = {"da2.policy_ref": policy_ref or "none", "da2.policy_version": policy_version or "",
-                   "da2.policy_name": policy_name or ""}
-        mlflow.set_tags({"da2.kind": "train", **lineage})
+        mlflow.set_tags({"da2.kind": "train", "da2.policy_ref": policy_ref or "none",
+                         "da2.policy_version": policy_version or "", "da2.policy_name": policy_name or ""})
         mlflow.log_params({"model": cfg.model.preset or cfg.model.backbone, "epochs": cfg.train.epochs,
                            "input_size": "x".join(map(str, cfg.data.input_size)), "lr": cfg.train.lr,
                            "batch_size": cfg.train.batch_size, "policy_ref": policy_ref or "none",

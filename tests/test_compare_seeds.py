@@ -94,18 +94,10 @@ def write_config(workdir: Path, synth, name: str = "cmp") -> Path:
     return path
 
 
-def run_json(args: list[str], capsys) -> dict:
-    from da2_platform.cli.main import main
-
-    rc = main(args)
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err[-4000:]
-    return json.loads(captured.out)
-
-
 @pytest.mark.slow
 def test_compare_over_seeds_counts_its_own_trials_under_one_parent_run(synthpose_small, tmp_path, ray_session,
                                                                         capsys):
+    from cli_helpers import run_json
     from mlflow import MlflowClient
 
     workdir = tmp_path / "w"

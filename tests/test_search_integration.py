@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from cli_helpers import run_json
 
 from da2_platform.cli.main import main
 
@@ -34,13 +35,6 @@ def write_config(workdir: Path, synth, **search) -> Path:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def run_json(args: list[str], capsys) -> dict:
-    rc = main(args)
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err[-4000:]
-    return json.loads(captured.out)
 
 
 def client_for(uri: str):
