@@ -3,10 +3,14 @@
     {"schema_version": 1, "search_space": "pose-v1", "name": "...", "metadata": {...},
      "sub_policies": [{"weight": 0.5, "ops": [{"name": "Rotate", "p": 0.7, "m": 0.4}, ...]}, ...]}
 
-`name` and `metadata` (free JSON: method, run id, ...) are optional; everything else is required. Validation
-rejects unknown keys, unknown ops (listing the valid ones), p or m outside [0, 1] or not finite, negative
-weights, weights that do not sum to one (within 1e-6), empty lists, and unknown schema versions or search
-spaces; each error names the field path, e.g. "sub_policies[1].ops[0].m: 1.3 is outside [0, 1]", and the file.
+`name` and `metadata` (free JSON: method, run id, ...) are optional; everything else is required. The format is
+a pydantic schema (`Policy.json_schema()`): it rejects unknown keys, unknown ops, p or m outside [0, 1] or not
+finite, negative weights, weights that do not sum to one (within 1e-6), empty lists, and unknown schema versions
+or search spaces; each error names the file and the field path, e.g.
+"policy.json: sub_policies[1].ops[0].m: 1.3 is outside [0, 1]".
+
+`Policy`, `SubPolicy` and `OpSetting` are frozen dataclasses (positional, hashable, picklable); constructing a
+Policy validates the whole tree through the schema, so errors name the path from the policy down.
 
 `to_json` writes the canonical text (sorted keys, two-space indent, Python's shortest round-trip float repr,
 no `name`/`metadata` keys when they are unset), so canonical JSON -> Policy -> JSON is exact.
@@ -21,9 +25,12 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-from search_spaces.ops import OP_NAMES, OPS, SEARCH_SPACE_NAME
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+
+from search_spaces.ops import OP_NAMES, SEARCH_SPACE_NAME
 
 if TYPE_CHECKING:
     import torch
@@ -33,10 +40,6 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 WEIGHT_SUM_TOLERANCE = 1e-6
-_POLICY_KEYS = ("schema_version", "search_space", "name", "metadata", "sub_policies")
-_REQUIRED_POLICY_KEYS = ("schema_version", "search_space", "sub_policies")
-_SUB_POLICY_KEYS = ("weight", "ops")
-_OP_KEYS = ("name", "p", "m")
 
 
 class PolicyError(ValueError):
@@ -98,7 +101,25 @@ class Policy:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sub_policies", tuple(self.sub_policies))
         object.__setattr__(self, "metadata", dict(self.metadata or {}))
-        _check_values(self)
+        _validate(self._document())
+
+    def _document(self) -> dict[str, Any]:
+        """The fields as the schema reads them (no conversion, so a wrong type is reported, not coerced)."""
+        subs = []
+        for k, sub in enumerate(self.sub_policies):
+            _expect_instance(sub, SubPolicy, f"sub_policies[{k}]")
+            for n, op in enumerate(sub.ops):
+                _expect_instance(op, OpSetting, f"sub_policies[{k}].ops[{n}]")
+            subs.append(
+                {"weight": sub.weight, "ops": [{"name": o.name, "p": o.p, "m": o.m} for o in sub.ops]}
+            )
+        return {
+            "schema_version": self.schema_version,
+            "search_space": self.search_space,
+            "name": self.name,
+            "metadata": self.metadata,
+            "sub_policies": subs,
+        }
 
     # --- construction -------------------------------------------------------------------------------------
 
@@ -137,9 +158,24 @@ class Policy:
     @classmethod
     def from_dict(cls, d: Any, source: str = "<dict>") -> Policy:
         try:
-            return _parse_policy(d)
+            document = _validate(d)
+            return cls(
+                tuple(
+                    SubPolicy(s.weight, tuple(OpSetting(o.name, o.p, o.m) for o in s.ops))
+                    for s in document.sub_policies
+                ),
+                document.search_space,
+                document.schema_version,
+                document.name,
+                document.metadata,
+            )
         except PolicyError as e:
             raise e.with_source(source) from None
+
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        """The JSON Schema of a policy file (pydantic's, from PolicySchema)."""
+        return PolicySchema.model_json_schema()
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Policy:
@@ -238,21 +274,170 @@ def _as_float(value: Any) -> Any:
     return value
 
 
-# --- validation ---------------------------------------------------------------------------------------------
+# --- the schema: the file format as pydantic models -----------------------------------------------------------
 
 
-def _describe(value: Any) -> str:
-    text = json.dumps(value) if _is_json_scalar(value) else type(value).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
+def _supported_version(version: int) -> int:
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"unsupported version {version!r}; this platform reads version {SCHEMA_VERSION}")
+    return version
 
 
-def _is_json_scalar(value: Any) -> bool:
-    return (
-        value is None
-        or isinstance(value, (bool, str))
-        or (isinstance(value, float) and math.isfinite(value))
-        or (isinstance(value, int) and abs(value) < 10**30)
+def _plain_json(metadata: dict) -> dict:
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"is not plain JSON ({e})") from None
+    return metadata
+
+
+OpName = Literal[tuple(OP_NAMES)]
+UnitInterval = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class _Schema(BaseModel):
+    # strict: 1 is a number but "1" and true are not; lists stay JSON arrays
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class OpSettingSchema(_Schema):
+    name: OpName = Field(description="An op of the pose-v1 search space.")
+    p: UnitInterval = Field(description="Probability that the op is applied.")
+    m: UnitInterval = Field(description="Normalised magnitude (0: none, 1: the op's largest).")
+
+
+class SubPolicySchema(_Schema):
+    weight: float = Field(
+        ge=0, allow_inf_nan=False, description="Chance of this sub-policy; weights sum to 1."
     )
+    ops: list[OpSettingSchema] = Field(min_length=1, description="Applied in order, each with its own p.")
+
+
+class PolicySchema(_Schema):
+    schema_version: Annotated[int, AfterValidator(_supported_version)] = Field(
+        json_schema_extra={"const": SCHEMA_VERSION}
+    )
+    search_space: Literal[SEARCH_SPACE_NAME]
+    name: str | None = None
+    metadata: Annotated[dict, AfterValidator(_plain_json)] = Field(
+        default_factory=dict, description="Free JSON: method, run id, ..."
+    )
+    sub_policies: list[SubPolicySchema] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _weights_sum_to_one(self) -> PolicySchema:
+        total = math.fsum(s.weight for s in self.sub_policies)
+        if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
+            raise PolicyError(
+                "sub_policies[*].weight",
+                f"weights sum to {total!r}, not 1 (tolerance {WEIGHT_SUM_TOLERANCE})",
+            )
+        return self
+
+
+def _validate(document: Any) -> PolicySchema:
+    try:
+        return PolicySchema.model_validate(document)
+    except ValidationError as e:
+        raise _policy_error(e.errors(include_url=False)[0]) from None
+
+
+def _expect_instance(value: Any, cls: type, path: str) -> None:
+    if not isinstance(value, cls):
+        raise PolicyError(
+            path, f"expected a{'n' if cls is OpSetting else ''} {cls.__name__}, got {type(value).__name__}"
+        )
+
+
+# --- pydantic's errors in the format's words -------------------------------------------------------------------
+
+_UNKNOWN_VALUE = {
+    "name": "unknown op {value}; valid ops: {choices}",
+    "search_space": "unknown search space {value}; known: {choices}",
+}
+
+
+def _policy_error(error: dict) -> PolicyError:
+    """PolicyError(field path, reason) for one pydantic error: "sub_policies[1].ops[0].m", "1.3 is outside [0, 1]"."""
+    kind, loc, value = error["type"], tuple(error["loc"]), error["input"]
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, PolicyError):
+        return cause
+    if kind == "missing":
+        return PolicyError(_path(loc[:-1]), f"missing required key {loc[-1]!r}")
+    if kind == "extra_forbidden":
+        allowed = ", ".join(_schema_field(loc[:-1])[0].model_fields)
+        return PolicyError(_path(loc[:-1]), f"unknown key {loc[-1]!r}; allowed keys: {allowed}")
+    info = _schema_field(loc)[1]
+    reasons = {
+        "model_type": lambda: f"expected an object, got {_json_type(value)}",
+        "dict_type": lambda: f"expected an object, got {_json_type(value)}",
+        "list_type": lambda: f"expected an array, got {_json_type(value)}",
+        "too_short": lambda: "must not be empty",
+        "int_type": lambda: f"expected an integer, got {_json_type(value)}",
+        "string_type": lambda: (
+            f"expected a string{' or null' if _nullable(info) else ''}, got {_json_type(value)}"
+        ),
+        "float_type": lambda: (
+            "is not a finite number"
+            if _json_type(value) == "a number"
+            else f"expected a number, got {_json_type(value)}"
+        ),
+        "finite_number": lambda: f"{value} is not a finite number",
+        "greater_than_equal": lambda: _out_of_range(value, info),
+        "less_than_equal": lambda: _out_of_range(value, info),
+        "literal_error": lambda: _unknown_value(value, info, loc[-1]),
+        "value_error": lambda: str(cause),
+    }
+    return PolicyError(_path(loc), reasons[kind]() if kind in reasons else error["msg"])
+
+
+def _path(loc: tuple) -> str:
+    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    return text or "(top level)"
+
+
+def _schema_field(loc: tuple) -> tuple[type[_Schema] | None, FieldInfo | None]:
+    """The schema model an error location is inside of, and the field it names (None where there is none)."""
+    model, info = PolicySchema, None
+    for part in loc:
+        if isinstance(part, int):  # an item of a list: the list field's item model
+            continue
+        info = model.model_fields.get(part) if model is not None else None
+        if info is None:
+            return None, None
+        model = next(
+            (a for a in get_args(info.annotation) if isinstance(a, type) and issubclass(a, _Schema)), None
+        )
+    return model, info
+
+
+def _nullable(info: FieldInfo | None) -> bool:
+    return info is not None and type(None) in get_args(info.annotation)
+
+
+def _out_of_range(value: Any, info: FieldInfo | None) -> str:
+    bounds = {
+        name: getattr(m, name)
+        for m in (info.metadata if info else ())
+        for name in ("ge", "le")
+        if hasattr(m, name)
+    }
+    if "le" not in bounds:
+        return f"{float(value)!r} is negative"
+    return f"{float(value)!r} is outside [{bounds.get('ge')}, {bounds['le']}]"
+
+
+def _unknown_value(value: Any, info: FieldInfo | None, key: Any) -> str:
+    if not isinstance(value, str):
+        return f"expected a string, got {_json_type(value)}"
+    choices = get_args(info.annotation) if info else ()
+    return _UNKNOWN_VALUE[key].format(value=_describe(value), choices=", ".join(choices))
+
+
+def _describe(text: str) -> str:
+    quoted = json.dumps(text)
+    return quoted if len(quoted) <= 40 else quoted[:37] + "..."
 
 
 def _json_type(value: Any) -> str:
@@ -260,114 +445,3 @@ def _json_type(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return "a number"
     return names.get(type(value), type(value).__name__)
-
-
-def _expect_object(value: Any, path: str, allowed: Sequence[str], required: Sequence[str]) -> dict:
-    if not isinstance(value, dict):
-        raise PolicyError(path, f"expected an object, got {_json_type(value)}")
-    unknown = [k for k in value if k not in allowed]
-    if unknown:
-        raise PolicyError(path, f"unknown key {unknown[0]!r}; allowed keys: {', '.join(allowed)}")
-    for key in required:
-        if key not in value:
-            raise PolicyError(path, f"missing required key {key!r}")
-    return value
-
-
-def _expect_list(value: Any, path: str) -> list:
-    if not isinstance(value, list):
-        raise PolicyError(path, f"expected an array, got {_json_type(value)}")
-    if not value:
-        raise PolicyError(path, "must not be empty")
-    return value
-
-
-def _number(value: Any, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PolicyError(path, f"expected a number, got {_json_type(value)}")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise PolicyError(path, "is not a finite number") from None
-    if not math.isfinite(number):
-        raise PolicyError(path, f"{number} is not a finite number")
-    return number
-
-
-def _parse_policy(data: Any) -> Policy:
-    top = _expect_object(data, "(top level)", _POLICY_KEYS, _REQUIRED_POLICY_KEYS)
-    version = top["schema_version"]
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise PolicyError("schema_version", f"expected an integer, got {_json_type(version)}")
-    if not isinstance(top["search_space"], str):
-        raise PolicyError("search_space", f"expected a string, got {_json_type(top['search_space'])}")
-    name = top.get("name")
-    if name is not None and not isinstance(name, str):
-        raise PolicyError("name", f"expected a string or null, got {_json_type(name)}")
-    metadata = top.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise PolicyError("metadata", f"expected an object, got {_json_type(metadata)}")
-    sub_policies = []
-    for k, raw_sub in enumerate(_expect_list(top["sub_policies"], "sub_policies")):
-        path = f"sub_policies[{k}]"
-        sub = _expect_object(raw_sub, path, _SUB_POLICY_KEYS, _SUB_POLICY_KEYS)
-        weight = _number(sub["weight"], f"{path}.weight")
-        ops = []
-        for n, raw_op in enumerate(_expect_list(sub["ops"], f"{path}.ops")):
-            op_path = f"{path}.ops[{n}]"
-            op = _expect_object(raw_op, op_path, _OP_KEYS, _OP_KEYS)
-            if not isinstance(op["name"], str):
-                raise PolicyError(f"{op_path}.name", f"expected a string, got {_json_type(op['name'])}")
-            ops.append(
-                OpSetting(op["name"], _number(op["p"], f"{op_path}.p"), _number(op["m"], f"{op_path}.m"))
-            )
-        sub_policies.append(SubPolicy(weight, tuple(ops)))
-    return Policy(tuple(sub_policies), top["search_space"], version, name, metadata)
-
-
-def _check_values(policy: Policy) -> None:
-    """Value checks shared by JSON loading and direct construction (DA2, fixed policies, the RL decoder)."""
-    if policy.schema_version != SCHEMA_VERSION:
-        raise PolicyError(
-            "schema_version",
-            f"unsupported version {policy.schema_version!r}; this platform reads version {SCHEMA_VERSION}",
-        )
-    if policy.search_space != SEARCH_SPACE_NAME:
-        raise PolicyError(
-            "search_space",
-            f"unknown search space {_describe(policy.search_space)}; known: {SEARCH_SPACE_NAME}",
-        )
-    if policy.name is not None and not isinstance(policy.name, str):
-        raise PolicyError("name", "expected a string or None")
-    try:
-        json.dumps(policy.metadata, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise PolicyError("metadata", f"is not plain JSON ({e})") from None
-    if not policy.sub_policies:
-        raise PolicyError("sub_policies", "must not be empty")
-    for k, sub in enumerate(policy.sub_policies):
-        path = f"sub_policies[{k}]"
-        if not isinstance(sub, SubPolicy):
-            raise PolicyError(path, f"expected a SubPolicy, got {type(sub).__name__}")
-        weight = _number(sub.weight, f"{path}.weight")
-        if weight < 0:
-            raise PolicyError(f"{path}.weight", f"{weight!r} is negative")
-        if not sub.ops:
-            raise PolicyError(f"{path}.ops", "must not be empty")
-        for n, op in enumerate(sub.ops):
-            op_path = f"{path}.ops[{n}]"
-            if not isinstance(op, OpSetting):
-                raise PolicyError(op_path, f"expected an OpSetting, got {type(op).__name__}")
-            if op.name not in OPS:
-                raise PolicyError(
-                    f"{op_path}.name", f"unknown op {_describe(op.name)}; valid ops: {', '.join(OP_NAMES)}"
-                )
-            for key in ("p", "m"):
-                value = _number(getattr(op, key), f"{op_path}.{key}")
-                if not 0.0 <= value <= 1.0:
-                    raise PolicyError(f"{op_path}.{key}", f"{value!r} is outside [0, 1]")
-    total = math.fsum(float(s.weight) for s in policy.sub_policies)
-    if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
-        raise PolicyError(
-            "sub_policies[*].weight", f"weights sum to {total!r}, not 1 (tolerance {WEIGHT_SUM_TOLERANCE})"
-        )

@@ -1,4 +1,4 @@
-"""`da2 policy show | validate | render`: read, check and picture an augmentation policy.
+"""`da2 policy show | validate | render | schema`: read, check and picture an augmentation policy.
 
 A policy reference is a JSON file path, `fixed:NAME` (none, standard-pose, randaugment[:N:M], trivialaugment)
 or a `models:/NAME@ALIAS` registry URI (see `load_policy_reference`).
@@ -92,6 +92,14 @@ def validate(
         f"[green]valid[/green]: {policy}: {summary['num_sub_policies']} sub-policies, "
         f"ops per sub-policy {summary['ops_per_sub_policy']}, search space {loaded.search_space}"
     )
+
+
+@app.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of a policy file (op names, ranges, required keys) to stdout."""
+    from search_spaces.policy import Policy
+
+    emit_json(Policy.json_schema())
 
 
 @app.command("show")
