@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from da2_platform.cli.options import parse_hw
+from da2_platform.cli.options import Shift, parse_hw
 from da2_platform.cli.output import console, emit_json, print_table
 
 app = typer.Typer(help="SynthPose, and checks of any COCO person-keypoints data set.", no_args_is_help=True)
@@ -19,7 +19,7 @@ def synth(
     train: Annotated[int, typer.Option("--train", min=0, help="Training images.")] = 400,
     val: Annotated[int, typer.Option("--val", min=0, help="Validation images.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="The same seed writes the same bytes.")] = 0,
-    shift: Annotated[str, typer.Option("--shift", help="Style of val and target against train: none (the same "
+    shift: Annotated[Shift, typer.Option("--shift", help="Style of val and target against train: none (the same "
                                                        "distribution) or wide (rotation, scale, occlusion, "
                                                        "blur, lighting).")] = "wide",
     target: Annotated[int, typer.Option("--target", min=0, help="Target-domain images (val style, own seeds): "

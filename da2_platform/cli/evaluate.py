@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from da2_platform.cli.options import Rescore
 from da2_platform.cli.output import emit_json, print_table
-
-
-class Rescore(str, Enum):
-    bbox_keypoint = "bbox_keypoint"
 
 
 def evaluate(
@@ -31,7 +27,7 @@ def evaluate(
     With --rescore and --oks-nms, poses are rescored and suppressed first, as mmpose's CocoMetric does."""
     from da2_platform.evaluation import evaluate_keypoints
 
-    metrics = evaluate_keypoints(annotations, predictions, rescore=rescore.value if rescore else None,
+    metrics = evaluate_keypoints(annotations, predictions, rescore=rescore,
                                  oks_nms=oks_nms)
     if json_out:
         emit_json(metrics)

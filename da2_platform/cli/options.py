@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from da2_platform.errors import ConfigError
+
+# Choices typer lists in --help and checks (a bad value: exit 2 naming the option); the library checks them too.
+Decoder = Literal["standard", "dark"]
+Gate = Literal["final-ap", "val-ap", "none"]
+Rescore = Literal["bbox_keypoint"]
+Shift = Literal["none", "wide"]
+METHOD_METAVAR = "[da2|rl|optuna|pba|fixed:NAME]"
+METHOD_HELP = ("The search method: da2, rl, optuna, pba, or fixed:NAME (NAME: none, standard-pose, "
+               "randaugment[:N:M], trivialaugment).")
+
+
+def check_method(method: str) -> str:
+    """Typer callback of --method: fixed:NAME forms rule out a plain choice, so the name is checked here, before
+    anything loads (an unknown method or fixed policy is one `error:` line, exit 2)."""
+    from da2_platform.search.methods import job_factory
+
+    job_factory(method)
+    return method
 
 
 def parse_hw(text: str, option: str = "--input-size", minimum: int = 16) -> tuple[int, int]:

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import typer
 
+from da2_platform.cli.options import Gate
 from da2_platform.cli.output import console, emit_json
 
 
 def promote(
     version: str = typer.Argument(..., help="The policy version to promote."),
     alias: str = typer.Option("production", "--alias", help="The alias to move."),
-    gate: str = typer.Option("final-ap", "--gate", help="final-ap (beats the alias holder's final AP), "
+    gate: Gate = typer.Option("final-ap", "--gate", help="final-ap (beats the alias holder's final AP), "
                              "val-ap (search-val AP), or none (no comparison; recorded)."),
     min_ap: float | None = typer.Option(None, "--min-ap", help="Also require at least this AP (0-1)."),
     note: str = typer.Option("", "--note", help="Why, in words; stored with the promotion."),
@@ -35,8 +36,6 @@ def promote(
 
     if min_ap is not None and not (math.isfinite(min_ap) and 0.0 <= min_ap <= 1.0):
         raise ConfigError(f"--min-ap: expected an AP between 0 and 1, got {min_ap}")
-    if gate not in ("final-ap", "val-ap", "none"):
-        raise ConfigError(f"--gate: {gate!r} is not one of final-ap, val-ap, none")
     if not version.isdigit():
         raise ConfigError(f"VERSION: expected a version number such as 3, got {version!r}")
     check_alias(alias)

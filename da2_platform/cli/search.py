@@ -6,11 +6,13 @@ from pathlib import Path
 
 import typer
 
+from da2_platform.cli.options import METHOD_HELP, METHOD_METAVAR, check_method
 from da2_platform.cli.output import console, emit_json, print_table
 
 
 def search(
-    method: str = typer.Option(..., "--method", "-m", help="da2 | rl | optuna | pba | fixed:NAME"),
+    method: str = typer.Option(..., "--method", "-m", help=METHOD_HELP, metavar=METHOD_METAVAR,
+                               callback=check_method),
     config: Path | None = typer.Option(None, "--config", "-c", help="Experiment YAML (default: embedded demo)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the search in ray_results/<name>-<method> "
                                 "(only a folder that you own and nobody else can write)."),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from da2_platform.cli.options import Decoder
 from da2_platform.cli.output import console, emit_json, print_table
 
 
@@ -68,7 +69,7 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Where to write the COCO results JSON."),
     boxes: Path | None = typer.Option(None, "--boxes", help="Detector boxes (COCO results with bbox, score)."),
     input_size: str | None = typer.Option(None, "--input-size", help="HxW crop size (default: the trained one)."),
-    decoder: str = typer.Option("dark", "--decoder", help="standard (paper) or dark."),
+    decoder: Decoder = typer.Option("dark", "--decoder", help="standard (paper) or dark."),
     flip_test: bool = typer.Option(True, "--flip-test/--no-flip-test", help="Average with the mirrored pass."),
     batch_size: int = typer.Option(32, "--batch-size"),
     json_out: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout."),
@@ -76,14 +77,11 @@ def predict(
     """Top-down inference with ground-truth or detector boxes; the output feeds `da2 evaluate`."""
     from da2_platform.cli.options import check_batch_size, parse_input_size
     from da2_platform.data.topdown import TopDownDataset
-    from da2_platform.errors import DataError
     from da2_platform.files import check_output_file, read_json, write_json_atomic
     from da2_platform.inference import predict_dataset
     from da2_platform.training.loop import load_checkpoint, model_from_checkpoint
     from da2_platform.training.step import pick_device
 
-    if decoder not in ("standard", "dark"):
-        raise DataError(f"--decoder: {decoder!r} is not one of standard, dark")
     check_batch_size(batch_size)
     check_output_file(out, "--out")  # before any compute, so a bad path costs nothing
     requested = parse_input_size(input_size) if input_size else None
