@@ -9,10 +9,8 @@ import numpy as np
 
 def plot_policy_curves(curves: dict) -> bytes:
     """Three heatmaps (pi per sub-policy, p and m per op slot) over the search steps, as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     slots = [tuple(s) for s in curves["slots"]]
     snaps = curves["curves"]
@@ -23,7 +21,9 @@ def plot_policy_curves(curves: dict) -> bytes:
     sub_labels = [" > ".join(s) for s in slots]
     op_labels = [f"{k}:{name}" for k, slot in enumerate(slots) for name in slot]
     fig_h = max(4.0, 0.18 * len(op_labels) + 2)
-    fig, axes = plt.subplots(1, 3, figsize=(16, fig_h), constrained_layout=True)
+    fig = Figure(figsize=(16, fig_h), layout="constrained")  # its own Agg canvas: no pyplot state across threads
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     for ax, data, labels, title in ((axes[0], pi, sub_labels, "sub-policy weight pi"),
                                     (axes[1], p, op_labels, "op probability p"),
                                     (axes[2], m, op_labels, "op magnitude m")):
@@ -36,5 +36,4 @@ def plot_policy_curves(curves: dict) -> bytes:
         fig.colorbar(im, ax=ax, shrink=0.8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     return buf.getvalue()
