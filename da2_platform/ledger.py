@@ -10,7 +10,6 @@ trial that is already there adds nothing, so a resumed search never counts a tri
 from __future__ import annotations
 
 import io
-import json
 import threading
 import time
 import uuid
@@ -150,9 +149,6 @@ class CostLedger:
             write_bytes_atomic(target, buf.getvalue())
         return fresh
 
-    def has_trial(self, method: str, trial_id: str) -> bool:
-        return (method, trial_id) in self.keys()
-
     def _adopt_legacy_file(self) -> None:
         """Turn a one-file ledger of an earlier version into the first part of a ledger folder."""
         if not self.path.is_file():
@@ -183,7 +179,3 @@ def _read_part(path: Path) -> pa.Table:
     if missing:
         raise DataError(f"{path}: ledger lacks columns {missing}")
     return table.select(SCHEMA.names).cast(SCHEMA)
-
-
-def row_config(config: dict) -> str:
-    return json.dumps(config, sort_keys=True, default=str)
