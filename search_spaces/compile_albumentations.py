@@ -29,7 +29,7 @@ from albumentations.core.type_definitions import NUM_KEYPOINTS_COLUMNS_IN_ALBUME
 
 from search_spaces.geometric import (
     affine_matrix_numpy,
-    in_frame_numpy,
+    in_frame,
     warp_image_numpy,
     warp_keypoints_numpy,
 )
@@ -98,7 +98,7 @@ class GeometricOp(DualTransform):
             out = out[flip_permutation(self.flip_pairs, len(out))]
         if out.shape[1] > VISIBLE_COLUMN:
             size = tuple(int(v) for v in params["shape"][:2])
-            out[:, VISIBLE_COLUMN] *= in_frame_numpy(out[:, :2], size).astype(out.dtype)
+            out[:, VISIBLE_COLUMN] *= in_frame(out[:, :2], size).astype(out.dtype)
         return out
 
 

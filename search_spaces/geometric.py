@@ -60,8 +60,9 @@ def transform_points(points: Tensor, matrix: Tensor) -> Tensor:
     return points @ matrix[:, :, :2].transpose(1, 2) + matrix[:, :, 2].unsqueeze(1)
 
 
-def in_frame(points: Tensor, size: tuple[int, int]) -> Tensor:
-    """[B, J] bool: the joint lies in the frame, 0 <= x < W and 0 <= y < H (as the dataset and albumentations)."""
+def in_frame(points: Tensor | np.ndarray, size: tuple[int, int]) -> Tensor | np.ndarray:
+    """[..., J] bool: the joint lies in the frame, 0 <= x < W and 0 <= y < H (as the dataset and albumentations);
+    a tensor for a tensor (the torch ops), an array for an array (the albumentations twins)."""
     height, width = size
     x, y = points[..., 0], points[..., 1]
     return (x >= 0) & (x < width) & (y >= 0) & (y < height)
@@ -141,9 +142,3 @@ def warp_keypoints_numpy(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Points [N, 2] through a 2x3 affine, keeping the input dtype."""
     out = points[:, :2].astype(np.float64) @ matrix[:, :2].T + matrix[:, 2]
     return out.astype(points.dtype)
-
-
-def in_frame_numpy(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    height, width = size
-    x, y = points[:, 0], points[:, 1]
-    return (x >= 0) & (x < width) & (y >= 0) & (y < height)

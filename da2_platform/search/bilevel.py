@@ -47,6 +47,7 @@ from torch import nn
 
 from da2_platform.errors import TrainingError
 from da2_platform.search.relaxed_policy import PolicyChoices, PolicyNoise, RelaxedPolicy
+from da2_platform.training.step import check_finite
 from search_spaces.batch import PoseBatch
 
 # loss(model, batch) -> scalar; the batch carries images, heatmap targets and visibility (target weights)
@@ -87,7 +88,7 @@ class BilevelStep:
             with torch.no_grad():
                 aug = self.policy(train, noise)
         loss = self.loss(self.model, aug)
-        _check(loss, self.step_count, "DA2 train loss")
+        check_finite(loss, self.step_count, "DA2 train loss")
         params = self.weights + (self.d_params if keep_d_grad else [])
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for p, g in zip(self.weights, grads[: len(self.weights)]):
@@ -105,7 +106,7 @@ class BilevelStep:
         buffers = _save_buffers(self.model)
         w_after = [p.detach().clone() for p in self.weights]
         val_loss = self.loss(self.model, val)
-        _check(val_loss, self.step_count, "DA2 val loss")
+        check_finite(val_loss, self.step_count, "DA2 val loss")
         g_val = torch.autograd.grad(val_loss, self.weights, allow_unused=True)
         g_val = [_zero_if_none(g, p) for g, p in zip(g_val, self.weights)]
         norm = torch.sqrt(sum((g.float() ** 2).sum() for g in g_val))
@@ -177,7 +178,7 @@ class ScoreStep:
         self.model.train()
         per_sample = self.loss(self.model, aug, reduction="none")
         loss = per_sample.mean()
-        _check(loss, self.step_count, "DA2 train loss")
+        check_finite(loss, self.step_count, "DA2 train loss")
         grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
         for p, g in zip(self.weights, grads):
             p.grad = g
@@ -194,7 +195,7 @@ class ScoreStep:
         buffers = _save_buffers(self.model)
         w_after = [p.detach().clone() for p in self.weights]
         val_loss = self.loss(self.model, val, reduction="none").mean()
-        _check(val_loss, self.step_count, "DA2 val loss")
+        check_finite(val_loss, self.step_count, "DA2 val loss")
         g_val = [_zero_if_none(g, p) for g, p in
                  zip(torch.autograd.grad(val_loss, self.weights, allow_unused=True), self.weights)]
         norm = torch.sqrt(sum((g.float() ** 2).sum() for g in g_val))
@@ -270,11 +271,6 @@ class ScoreStep:
         self.d_optimizer.zero_grad(set_to_none=True)
         norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads)).item()
         return DA2StepStats(loss_at_w.mean().item(), val_loss, norm, eps, time.perf_counter() - start)
-
-
-def _check(loss: torch.Tensor, step: int, what: str) -> None:
-    if not torch.isfinite(loss).all():
-        raise TrainingError(f"{what} is {loss.item()} at step {step}: stopping")
 
 
 def _zero_if_none(g: torch.Tensor | None, p: torch.Tensor) -> torch.Tensor:
