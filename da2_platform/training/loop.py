@@ -182,6 +182,7 @@ class Fit:
                                              lambda step: augmentation_seed(cfg, step, self.rank))
         self.step_fn = TrainingStep(self.model, self.loss_fn, self.optimizer, cfg.train, cfg.data.input_size,
                                     self.device, self.augment, cfg.data.heatmap_sigma)
+        self._unread: list[StepMetrics] = []  # steps whose losses and seconds the state does not hold yet
 
     def steps_per_epoch(self) -> int:
         batches = len(epoch_loader(self.dataset, self.cfg, 0, self.rank, self.world))
@@ -227,12 +228,13 @@ class Fit:
                 metrics = self.step_fn(samples)
                 state.step = self.step_fn.step
                 state.epoch_steps += 1
-                state.epoch_loss += metrics.loss
-                state.device_seconds += metrics.wall_seconds * self.devices_held
+                self._unread.append(metrics)
+                self._fold(wait=False)
                 if progress is not None:
                     progress(state.epoch_steps, limit, metrics.loss)
                 if on_step is not None:
                     on_step(self, metrics)
+            self._fold(wait=True)
             if state.epoch_steps < limit:  # stopped at max_steps mid-epoch
                 break
             self.scheduler.step()
@@ -243,8 +245,17 @@ class Fit:
                 on_epoch_end(self)
         return state
 
+    def _fold(self, wait: bool) -> None:
+        """Add finished steps' losses and seconds to the state, in order; on a GPU without waiting for a running
+        step unless `wait` (epoch ends and checkpoints), so the device never idles for the bookkeeping."""
+        while self._unread and (wait or self._unread[0].ready()):
+            metrics = self._unread.pop(0)
+            self.state.epoch_loss += metrics.loss
+            self.state.device_seconds += metrics.wall_seconds * self.devices_held
+
     # -- checkpoints ---------------------------------------------------------------------------------------
     def checkpoint_bytes(self) -> bytes:
+        self._fold(wait=True)
         model = _unwrap(self.model)
         payload = {
             "kind": CHECKPOINT_KIND,

@@ -2,15 +2,18 @@
 
 Every method (DA2's w-step, RL/Optuna/PBA children, fixed baselines, production training) runs this exact code,
 so device-seconds and AP compare like with like.
+
+On a GPU a step waits for nothing: its losses stay on the device and its time is a pair of CUDA events, read
+(one wait) when someone reads `StepMetrics` -- at report points, not after every step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -82,13 +85,55 @@ def check_finite(loss: torch.Tensor, step: int, where: str = "training loss") ->
         )
 
 
-@dataclass
 class StepMetrics:
-    step: int
-    loss: float
-    extraction: float
-    refinement: float
-    wall_seconds: float
+    """One step's losses (total, extraction, refinement) and its seconds.
+
+    On the CPU they are plain numbers. On a GPU the losses are copied to host memory asynchronously and the time
+    is a pair of CUDA events: the first read waits for that step's end event only (never for the steps queued
+    after it), and raises TrainingError there if its loss is not finite. `ready()` tells, without waiting,
+    whether a read would wait."""
+
+    def __init__(self, step: int, losses: tuple[float, float, float] | torch.Tensor,
+                 seconds: float | tuple[torch.cuda.Event, torch.cuda.Event]):
+        self.step = step
+        self._losses, self._seconds = losses, seconds
+
+    def ready(self) -> bool:
+        return not isinstance(self._seconds, tuple) or self._seconds[1].query()
+
+    def _wait(self) -> None:
+        if isinstance(self._seconds, tuple):
+            start, end = self._seconds
+            end.synchronize()  # this step's event: the queue behind it keeps running
+            self._seconds = start.elapsed_time(end) / 1000.0
+        if isinstance(self._losses, torch.Tensor):  # host copy, complete once the end event is
+            values = tuple(self._losses.tolist())
+            if not math.isfinite(values[0]):
+                check_finite(self._losses[0], self.step - 1)
+            self._losses = values
+
+    @property
+    def loss(self) -> float:
+        self._wait()
+        return self._losses[0]
+
+    @property
+    def extraction(self) -> float:
+        self._wait()
+        return self._losses[1]
+
+    @property
+    def refinement(self) -> float:
+        self._wait()
+        return self._losses[2]
+
+    @property
+    def wall_seconds(self) -> float:
+        self._wait()
+        return self._seconds
+
+    def __repr__(self) -> str:
+        return f"StepMetrics(step={self.step}, {'ready' if self.ready() else 'running on the device'})"
 
 
 class TrainingStep:
@@ -102,7 +147,11 @@ class TrainingStep:
         self.step = 0
 
     def __call__(self, samples: dict | PoseBatch) -> StepMetrics:
+        on_gpu = self.device.type == "cuda"
         start = time.perf_counter()
+        if on_gpu:
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            events[0].record()
         batch = samples if isinstance(samples, PoseBatch) else batch_to_device(samples, self.device)
         if self.augment is not None:
             with torch.no_grad():
@@ -115,16 +164,20 @@ class TrainingStep:
         with autocast_for(self.device, self.cfg.bf16):
             output = self.model(images)
         losses = self.loss_fn(_float_output(output), heatmaps.float(), weights.float())
-        check_finite(losses.total, self.step)
+        if not on_gpu:  # on a GPU the check waits for the loss: it runs when the metrics are read
+            check_finite(losses.total, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
         self.step += 1
-        return StepMetrics(self.step, losses.total.item(), losses.extraction.item(), losses.refinement.item(),
+        if on_gpu:  # a non-blocking copy into pinned memory, then the end event: nothing waits here
+            values = torch.stack([losses.total, losses.extraction, losses.refinement]).detach().float()
+            host = torch.empty(3, pin_memory=True).copy_(values, non_blocking=True)
+            events[1].record()
+            return StepMetrics(self.step, host, events)
+        return StepMetrics(self.step, (losses.total.item(), losses.extraction.item(), losses.refinement.item()),
                            time.perf_counter() - start)
 
 
