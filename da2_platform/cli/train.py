@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -45,7 +46,8 @@ def train(
     resolved = resolve_policy(policy) if policy else None
     console.print(f"[bold]train[/] {cfg.name}: {cfg.train.epochs} epochs, model {cfg.model.preset or cfg.model.backbone}, "
                   f"policy {resolved.reference if resolved else 'none'}")
-    outcome = run_training(cfg, resolved.policy.to_json() if resolved else None, resume=resume, fresh=fresh)
+    outcome = run_training(cfg, resolved.policy.to_json() if resolved else None, resume=resume, fresh=fresh,
+                           on_epoch=TrainProgress())
     result = {"run": outcome.run_name, "checkpoint": str(outcome.checkpoint), "wall_seconds": outcome.wall_seconds,
               "device_seconds": outcome.device_seconds, "policy": resolved.reference if resolved else None,
               "policy_version": resolved.registry_version if resolved else None,
@@ -60,6 +62,38 @@ def train(
         emit_json(result)
     else:
         print_table("P2Net training", ["metric", "value"], [[k, v] for k, v in result.items()])
+
+
+class TrainProgress:
+    """A line on stderr per finished epoch: epoch/epochs, steps, loss, val AP (after the last epoch), device-hours
+    and an ETA at this run's pace (from its first epoch on, once there are two: start-up is not an epoch's cost)."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.first: tuple[int, float] | None = None  # (epoch, time) of this run's first report
+
+    def __call__(self, report: dict) -> None:
+        from da2_platform.cli.output import safe
+
+        console.print(f"  {safe(self.text(report))}", highlight=False, soft_wrap=True)
+
+    def text(self, report: dict, now: float | None = None) -> str:
+        from da2_platform.search.progress import _duration
+
+        now = time.time() if now is None else now
+        epoch, epochs = int(report["epoch"]), int(report["epochs"])
+        if self.first is None:
+            self.first = (epoch, now)
+        first_epoch, first_time = self.first
+        ap = report.get("val_AP")
+        parts = [f"train: epoch {epoch}/{epochs}", f"{report['step']} steps", f"loss {report['loss']:.4g}",
+                 "val AP " + ("-" if ap is None else f"{ap:.4f}"),
+                 f"{report['device_seconds'] / 3600:.4f} device-h"]
+        if epoch < epochs:
+            # one report so far: this run's one epoch (runs resume at epoch ends), start-up included
+            per_epoch = (now - first_time) / (epoch - first_epoch) if epoch > first_epoch else now - self.started
+            parts.append(f"ETA {_duration(per_epoch * (epochs - epoch))}")
+        return ", ".join(parts) + f" ({_duration(now - self.started)} in)"
 
 
 def predict(

@@ -5,13 +5,20 @@ same run (same name, same storage) again: Ray Train V2 finds the run's checkpoin
 latest checkpoint to the workers (`ray.train.get_checkpoint`), which continue from that epoch with the same data
 order and augmentation draws. At the end rank 0 evaluates on the val split with flip test (pycocotools) and
 reports COCO AP; the final checkpoint is `result.checkpoint`.
+
+Live progress: after each epoch rank 0 also writes its report to `<storage>/<run>.progress.json` (the workdir is
+shared by every node); the driver polls that file while `fit()` runs and hands each new epoch to `on_epoch`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +27,7 @@ from da2_platform.data.splits import prepare_data
 from da2_platform.errors import TrainingError
 
 CHECKPOINT_FILE = "checkpoint.pt"
+POLL_SECONDS = 0.5  # how often the driver looks for a new epoch report
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's reported checkpoints
 
 
@@ -39,6 +47,7 @@ def train_worker(config: dict) -> None:
     import ray.train.torch
 
     from da2_platform.data.topdown import TopDownDataset
+    from da2_platform.files import write_json_atomic
     from da2_platform.inference import evaluate_model
     from da2_platform.training.loop import Fit, build_model
     from search_spaces.policy import Policy
@@ -66,6 +75,8 @@ def train_worker(config: dict) -> None:
                                   cfg.data.input_size, device, flip_test=cfg.train.flip_test,
                                   decoder=cfg.train.decoder, batch_size=cfg.train.eval_batch_size)
             metrics.update({f"val_{k}": v for k, v in coco.items()})
+        if rank == 0:
+            write_json_atomic(config["progress_file"], {**metrics, "epochs": cfg.train.epochs})
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 f.save(Path(tmp) / CHECKPOINT_FILE)
@@ -77,8 +88,11 @@ def train_worker(config: dict) -> None:
 
 
 def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = False, fresh: bool = False,
-                 run_name: str | None = None) -> TrainOutcome:
-    """Launch the TorchTrainer and wait; returns the final metrics and the path of the last checkpoint."""
+                 run_name: str | None = None, on_epoch: Callable[[dict], None] | None = None) -> TrainOutcome:
+    """Launch the TorchTrainer and wait; returns the final metrics and the path of the last checkpoint.
+
+    `on_epoch(report)` is called in the driver, in order, for each epoch rank 0 finishes (epoch, epochs, step,
+    loss, device_seconds, and val_* COCO metrics after the last one), from a thread that polls its file."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -94,6 +108,8 @@ def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = 
         shutil.rmtree(run_dir)
     if resume and not (run_dir / SNAPSHOT_FILE).is_file():
         raise TrainingError(f"--resume: no checkpoint of run {run_name!r} under {storage}")
+    progress_file = storage / f"{run_name}.progress.json"
+    progress_file.unlink(missing_ok=True)  # an earlier run's last epoch is not news
     data = prepare_data(cfg)
     ensure_ray()
     use_gpu = cluster_has_gpus() if cfg.train.use_gpu is None else cfg.train.use_gpu
@@ -109,6 +125,7 @@ def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = 
             "val_annotations": str(data.val_annotations),
             "val_images": str(data.val_images),
             "devices_held": devices_held,
+            "progress_file": str(progress_file),
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
@@ -117,7 +134,8 @@ def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = 
     )
     start = time.perf_counter()
     try:
-        result = trainer.fit()
+        with watch_epochs(progress_file, on_epoch):
+            result = trainer.fit()
     except Exception as e:  # surface the worker's own error (NaN loss, bad data) in one line
         raise TrainingError(f"training run {run_name!r} failed: {_root_cause(e)}") from e
     wall = time.perf_counter() - start
@@ -126,6 +144,40 @@ def run_training(cfg: ExperimentConfig, policy_json: str | None, resume: bool = 
         raise TrainingError(f"training run {run_name!r} finished without a checkpoint in {run_dir}")
     metrics = dict(result.metrics or {})
     return TrainOutcome(run_name, run_dir, final, metrics, wall, float(metrics.get("device_seconds", 0.0)))
+
+
+@contextlib.contextmanager
+def watch_epochs(path: Path, on_epoch: Callable[[dict], None] | None,
+                 poll_seconds: float = POLL_SECONDS) -> Iterator[None]:
+    """While inside, call `on_epoch` with each new epoch report written to `path` (atomically, by rank 0); a last
+    look on the way out, so the final epoch is never missed."""
+    if on_epoch is None:
+        yield
+        return
+    stop = threading.Event()
+    seen = {"epoch": None}
+
+    def look() -> None:
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not written yet
+            return
+        if report.get("epoch") != seen["epoch"]:
+            seen["epoch"] = report.get("epoch")
+            on_epoch(report)
+
+    def poll() -> None:
+        while not stop.wait(poll_seconds):
+            look()
+
+    watcher = threading.Thread(target=poll, name="da2-train-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        look()
 
 
 def _root_cause(e: BaseException) -> str:
