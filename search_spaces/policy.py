@@ -344,9 +344,7 @@ def _validate(document: Any) -> PolicySchema:
 
 def _expect_instance(value: Any, cls: type, path: str) -> None:
     if not isinstance(value, cls):
-        raise PolicyError(
-            path, f"expected a{'n' if cls is OpSetting else ''} {cls.__name__}, got {type(value).__name__}"
-        )
+        raise PolicyError(path, f"expected {cls.__name__}, got {type(value).__name__}")
 
 
 # --- pydantic's errors in the format's words -------------------------------------------------------------------

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from cli_helpers import run_json
 
 from da2_platform.cli.main import main
-from search_spaces import OP_NAMES, SEARCH_SPACE_NAME, Policy, fixed_policy
+from search_spaces import OP_NAMES, SEARCH_SPACE_NAME, OpSetting, Policy, PolicyError, SubPolicy, fixed_policy
 
 
 def test_json_schema_lists_the_ops_and_ranges():
@@ -41,3 +42,12 @@ def test_a_bad_policy_file_gives_one_exact_error_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"error: {bad}: sub_policies[2].ops[0]: unknown key 'angle'; allowed keys: name, p, m"
     )
+
+
+def test_direct_construction_goes_through_the_same_schema():
+    with pytest.raises(PolicyError, match=r"^sub_policies\[0\]: expected SubPolicy, got tuple$"):
+        Policy(((1.0, ()),))
+    with pytest.raises(PolicyError, match=r'^sub_policies\[0\]\.ops\[0\]\.name: unknown op "Spin"; valid ops: '):
+        Policy((SubPolicy(1.0, (OpSetting("Spin", 0.5, 0.5),)),))
+    with pytest.raises(PolicyError, match=r"^schema_version: expected an integer, got a boolean$"):
+        Policy((SubPolicy(1.0, (OpSetting("Rotate", 0.5, 0.5),)),), schema_version=True)
