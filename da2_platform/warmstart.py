@@ -26,7 +26,7 @@ PRETRAIN_POLICY = "fixed:standard-pose"
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    steps: int = 400
+    steps: int = 600
     images: int = 400
     seed: int = PRETRAIN_SEED
     lr: float = 1e-3
@@ -47,13 +47,15 @@ def warm_start(cfg: ExperimentConfig, settings: PretrainSettings = PretrainSetti
     `on_step(step, model)` is called after every step (progress, or a benchmark's learning curve)."""
     import torch
 
+    from da2_platform.data.heatmaps import default_sigma, heatmap_size_for
     from da2_platform.data.synthpose import GENERATOR_VERSION, write_synthpose
 
     folder = Path(folder or cfg.workdir / "pretrain")
     weights, manifest_path = folder / "p2net.pt", folder / "pretrain.json"
     model_kwargs = {k: v for k, v in cfg.model.build_kwargs(17).items() if k != "pretrained_path"}
     manifest = {"model": model_kwargs, "input_size": list(cfg.data.input_size), "batch_size": cfg.train.batch_size,
-                "heatmap_sigma": cfg.data.heatmap_sigma, "policy": PRETRAIN_POLICY, "steps": settings.steps,
+                "heatmap_sigma": cfg.data.heatmap_sigma or default_sigma(heatmap_size_for(cfg.data.input_size)),
+                "policy": PRETRAIN_POLICY, "steps": settings.steps,
                 "images": settings.images, "seed": settings.seed, "lr": settings.lr,
                 "synthpose_version": GENERATOR_VERSION}
     if weights.is_file() and manifest_path.is_file() and _recorded(manifest_path) == manifest:

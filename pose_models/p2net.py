@@ -288,7 +288,9 @@ class P2Net(nn.Module):
 
 
 # Widths: "paper-*" land within 10% of the paper's R101 figures at 384x288 (42.5 M params, 26.3 GMACs);
-# "cpu-tiny" trains on 2 CPU cores at 64x48 .. 128x96.
+# "cpu-tiny" trains on 2 CPU cores at 64x48 .. 128x96: ResNet-10-T (timm's resnet10t, a three-conv stem and one
+# block per stage), measured 1.5x the steps/s of ResNet-18 with these widths and learning faster per step on
+# SynthPose (benchmarks/results/calibrate_cpu.json).
 PAPER_WIDTHS: dict[str, Any] = {
     "fusion_channels": 128,
     "refine_channels": 64,
@@ -300,7 +302,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-r101": {"backbone": "resnet101", **PAPER_WIDTHS},
     "paper-r152": {"backbone": "resnet152", **PAPER_WIDTHS},
     "cpu-tiny": {
-        "backbone": "resnet18",
+        "backbone": "resnet10t",
         "fusion_channels": 32,
         "refine_channels": 16,
         "prep_reduction": 4,

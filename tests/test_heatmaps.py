@@ -30,6 +30,7 @@ def test_sizes_and_sigma_follow_the_input():
     assert heatmap_size_for((384, 288)) == (96, 72)
     assert default_sigma((64, 48)) == pytest.approx(2.0)
     assert default_sigma((96, 72)) == pytest.approx(3.0)
+    assert default_sigma((16, 12)) == pytest.approx(1.0)  # the floor: 0.5 px would be a one-pixel target
 
 
 def test_render_peaks_at_the_joint_and_weights_drop_off_map_joints():

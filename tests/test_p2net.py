@@ -104,7 +104,7 @@ def test_config_rebuilds_the_same_architecture() -> None:
     assert {k: v.shape for k, v in model.state_dict().items()} == {
         k: v.shape for k, v in rebuilt.state_dict().items()
     }
-    assert config["num_joints"] == 14 and config["backbone"] == "resnet18"
+    assert config["num_joints"] == 14 and config["backbone"] == "resnet10t"
     assert "pixel_mean" not in model.state_dict()  # normalisation is code, not checkpoint state
     assert torch.allclose(model.pixel_mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
 
@@ -143,13 +143,13 @@ def _timm_state_dict(name: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("wrap", ["bare", "state_dict", "model+module"])
 def test_backbone_weights_load_from_a_local_file(tmp_path, wrap: str) -> None:
-    weights = _timm_state_dict("resnet18")  # includes the classifier "fc", which the pyramid drops
+    weights = _timm_state_dict("resnet10t")  # includes the classifier "fc", which the pyramid drops
     payload = {
         "bare": weights,
         "state_dict": {"state_dict": weights, "epoch": torch.tensor(90)},
         "model+module": {"model": {f"module.{k}": v for k, v in weights.items()}},
     }[wrap]
-    path = tmp_path / "resnet18_imagenet.pth"
+    path = tmp_path / "resnet10t_imagenet.pth"
     torch.save(payload, path)
     model = build_p2net("cpu-tiny", pretrained_path=str(path))
     loaded = model.backbone.body.state_dict()
@@ -162,7 +162,7 @@ def test_backbone_weights_load_from_a_local_file(tmp_path, wrap: str) -> None:
 def test_weights_of_another_architecture_are_refused_naming_the_file(tmp_path) -> None:
     path = tmp_path / "resnet34.pth"
     torch.save(_timm_state_dict("resnet34"), path)
-    with pytest.raises(BackboneWeightsError, match="resnet34.pth.*does not fit backbone 'resnet18'"):
+    with pytest.raises(BackboneWeightsError, match="resnet34.pth.*does not fit backbone 'resnet10t'"):
         build_p2net("cpu-tiny", pretrained_path=str(path))
     other = tmp_path / "effnet.pth"
     torch.save(_timm_state_dict("efficientnet_b0"), other)
@@ -246,7 +246,7 @@ def test_model_info_through_da2_main(capsys) -> None:
     except ImportError as e:  # main.py wires every command module; some are still being written
         pytest.skip(f"da2 CLI not importable yet: {e}")
     assert main(["model-info", "--preset", "cpu-tiny", "--input-size", "64x48", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["config"]["backbone"] == "resnet18"
+    assert json.loads(capsys.readouterr().out)["config"]["backbone"] == "resnet10t"
     assert main(["model-info", "--input-size", "65x48"]) == 2
     assert "error: --input-size" in capsys.readouterr().err
 

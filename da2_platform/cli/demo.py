@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-PRETRAIN_STEPS = 400  # da2_platform.warmstart.PretrainSettings().steps (imported lazily: keep `da2 --help` fast)
+PRETRAIN_STEPS = 600  # da2_platform.warmstart.PretrainSettings().steps (imported lazily: keep `da2 --help` fast)
 NOISE_AP = 0.02  # final-AP differences below this are noise at the demo's size (60 val images, one seed)
 
 
