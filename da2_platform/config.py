@@ -104,7 +104,9 @@ class TrainConfig(_Section):
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0)  # the CPU demo's fine-tuning lr; the paper's Adam lr is 5e-4 (COCO configs)
     weight_decay: float = Field(1e-5, ge=0)
-    lr_milestones: list[int] = Field(default_factory=list)  # epochs where lr is multiplied by lr_gamma
+    # epochs where lr is multiplied by lr_gamma; None: the last epoch only (epochs - 1), which settles the final
+    # weights of a short fine-tune (benchmarks/results/policy_sensitivity.json); [] keeps lr constant
+    lr_milestones: list[int] | None = None
     lr_gamma: float = 0.1
     grad_clip: float | None = 5.0
     bf16: bool = True  # autocast on GPU only

@@ -67,8 +67,10 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Step decay at epoch milestones (the paper's recipe divides the lr at fixed points)."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
+    """Step decay at epoch milestones (the paper's recipe divides the lr at fixed points); without milestones in
+    the config, once before the last epoch."""
+    milestones = cfg.lr_milestones if cfg.lr_milestones is not None else [cfg.epochs - 1]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.lr_gamma)
 
 
 def autocast_for(device: torch.device, bf16: bool):
