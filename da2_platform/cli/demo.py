@@ -46,7 +46,9 @@ def demo(
 
 def _run(terminal, workdir: Path, config: Path | None, methods: str, pretrain_steps: int) -> None:
     import shutil
+    import time
 
+    import ray
     from rich.table import Table
 
     from da2_platform.compare import run_compare
@@ -91,7 +93,15 @@ def _run(terminal, workdir: Path, config: Path | None, methods: str, pretrain_st
         step("warm start", f"P2Net ({cfg.model.backbone or cfg.model.preset}) pretrained with standard-pose on a "
                            f"separate SynthPose set (seed {settings.seed}, {settings.images} images, "
                            f"{settings.steps} steps): every training below starts from it, as from ImageNet weights")
-        ws = warm_start(cfg, settings, threads=2)
+        began = time.perf_counter()
+
+        def pretrain_progress(done: int, _model) -> None:
+            if done % 100 == 0 or done == settings.steps:
+                spent = time.perf_counter() - began
+                terminal.print(f"  warm start: step {done}/{settings.steps}, {spent:.0f} s, "
+                               f"ETA {spent / done * (settings.steps - done):.0f} s")
+
+        ws = warm_start(cfg, settings, threads=2, on_step=pretrain_progress)
         terminal.print(f"  {'cached: ' if ws.cached else ''}{ws.path}"
                        + ("" if ws.cached else f" ({ws.seconds:.0f} s, counted in no search's cost)"))
         cfg = load_config(config, {"workdir": str(workdir), "model.init_weights": str(ws.path)})
@@ -120,7 +130,11 @@ def _run(terminal, workdir: Path, config: Path | None, methods: str, pretrain_st
     if decision.allowed or decision.previous:
         step("train", f"P2Net with {ref} on Ray Train")
         resolved = resolve_policy(ref)
-        trained = run_training(cfg, resolved.policy.to_json(), fresh=True, run_name=f"production-{cfg.name}")
+        # the searches are over: the production training may hold every CPU of the local cluster
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        production_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"cpus_per_worker": cpus})})
+        trained = run_training(production_cfg, resolved.policy.to_json(), fresh=True,
+                               run_name=f"production-{cfg.name}")
         _, model_version = register_trained_model(cfg, trained.checkpoint, trained.metrics, ref,
                                                   resolved.registry_version, resolved.registry_name)
         rows.append([f"production ({ref} = v{resolved.registry_version})", model_version,
