@@ -25,7 +25,7 @@ def demo(
                                        help="Steps of the warm start (skipped when the config sets "
                                             "model.init_weights)."),
 ) -> None:
-    """Run the whole platform end to end on this machine (about 15 minutes on 2 CPU cores)."""
+    """Run the whole platform end to end on this machine (about 14 minutes on 2 CPU cores)."""
     import time
     from datetime import UTC, datetime
 
