@@ -104,7 +104,7 @@ class TrainConfig(_Section):
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0)  # the CPU demo's fine-tuning lr; the paper's Adam lr is 5e-4 (COCO configs)
     weight_decay: float = Field(1e-5, ge=0)
-    # epochs where lr is multiplied by lr_gamma; None: the last epoch only (epochs - 1), which settles the final
+    # epochs where lr is multiplied by lr_gamma; None: the last epoch only (epochs - 1; none with one epoch), which settles the final
     # weights of a short fine-tune (benchmarks/results/policy_sensitivity.json); [] keeps lr constant
     lr_milestones: list[int] | None = None
     lr_gamma: float = 0.1

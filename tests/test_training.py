@@ -294,3 +294,19 @@ def test_checkpoint_kind_and_version_are_checked(tmp_path):
         load_checkpoint(tmp_path / "future.pt")
     torch.save({"format": 1, "model": {}, "state": {"epoch": 1}}, tmp_path / "v1.pt")
     assert load_checkpoint(tmp_path / "v1.pt")["version"] == 1  # files written before 'kind' still load
+
+
+def test_default_schedule_drops_the_lr_for_the_last_epoch_and_a_resume_follows_its_own_config():
+    from da2_platform.config import TrainConfig
+    from da2_platform.training.step import follow_schedule, lr_milestones, make_scheduler
+
+    assert lr_milestones(TrainConfig(epochs=5)) == [4] and lr_milestones(TrainConfig(epochs=1)) == []
+    assert lr_milestones(TrainConfig(epochs=5, lr_milestones=[])) == []
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([weight], lr=1e-3)
+    one_epoch = TrainConfig(epochs=1, lr=1e-3)
+    scheduler = make_scheduler(optimizer, one_epoch)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # one epoch: no drop
+    scheduler.step()  # the end of epoch 1
+    follow_schedule(optimizer, scheduler, TrainConfig(epochs=2, lr=1e-3))  # resumed with 2 epochs
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)  # epoch 2 is the last: lr / 10

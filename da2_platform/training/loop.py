@@ -29,6 +29,7 @@ from da2_platform.files import write_bytes_atomic
 from da2_platform.training.step import (
     StepMetrics,
     TrainingStep,
+    follow_schedule,
     make_optimizer,
     make_scheduler,
     seed_everything,
@@ -279,6 +280,7 @@ class Fit:
         _unwrap(self.model).load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
+        follow_schedule(self.optimizer, self.scheduler, self.cfg.train)
         self.state = FitState.from_dict(payload["state"])
 
 

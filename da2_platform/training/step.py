@@ -66,11 +66,32 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def lr_milestones(cfg: TrainConfig) -> list[int]:
+    """The config's milestones; without any, once before the last epoch (none for a single epoch: it would run
+    all of it at the lower lr)."""
+    if cfg.lr_milestones is not None:
+        return list(cfg.lr_milestones)
+    return [cfg.epochs - 1] if cfg.epochs > 1 else []
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Step decay at epoch milestones (the paper's recipe divides the lr at fixed points); without milestones in
-    the config, once before the last epoch."""
-    milestones = cfg.lr_milestones if cfg.lr_milestones is not None else [cfg.epochs - 1]
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.lr_gamma)
+    """Step decay at epoch milestones (the paper's recipe divides the lr at fixed points)."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=lr_milestones(cfg), gamma=cfg.lr_gamma)
+
+
+def follow_schedule(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.MultiStepLR,
+                    cfg: TrainConfig) -> None:
+    """After a restore: the schedule of the config the run resumes with, not the one it was saved with (a run
+    resumed with more epochs moves its default last-epoch drop), at the epoch the restored scheduler reached."""
+    from collections import Counter
+
+    milestones = lr_milestones(cfg)
+    scheduler.milestones = Counter(milestones)
+    scheduler.gamma = cfg.lr_gamma
+    drops = sum(1 for m in milestones if m <= scheduler.last_epoch)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * cfg.lr_gamma**drops
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def autocast_for(device: torch.device, bf16: bool):
