@@ -289,8 +289,9 @@ class P2Net(nn.Module):
 
 # Widths: "paper-*" land within 10% of the paper's R101 figures at 384x288 (42.5 M params, 26.3 GMACs);
 # "cpu-tiny" trains on 2 CPU cores at 64x48 .. 128x96: ResNet-10-T (timm's resnet10t, a three-conv stem and one
-# block per stage), measured 1.5x the steps/s of ResNet-18 with these widths and learning faster per step on
-# SynthPose (benchmarks/results/calibrate_cpu.json).
+# block per stage): with these widths about 1.7x the steps/s of ResNet-18 (0.95 against 1.63 s per step with
+# evaluations, two runs side by side, 1 thread each) and faster to learn per step on SynthPose
+# (benchmarks/results/calibrate_cpu.json).
 PAPER_WIDTHS: dict[str, Any] = {
     "fusion_channels": 128,
     "refine_channels": 64,

@@ -135,20 +135,21 @@ class StepMetrics:
                 check_finite(self._losses[0], self.step - 1)
             self._losses = values
 
+    def _values(self) -> tuple[float, float, float]:
+        self._wait()
+        return self._losses
+
     @property
     def loss(self) -> float:
-        self._wait()
-        return self._losses[0]
+        return self._values()[0]
 
     @property
     def extraction(self) -> float:
-        self._wait()
-        return self._losses[1]
+        return self._values()[1]
 
     @property
     def refinement(self) -> float:
-        self._wait()
-        return self._losses[2]
+        return self._values()[2]
 
     @property
     def wall_seconds(self) -> float:
