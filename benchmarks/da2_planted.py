@@ -142,7 +142,8 @@ class Run:
         self.policy = RelaxedPolicy(slots, flip_pairs, tau1=sc.tau1, tau2=sc.tau2, hard=sc.hard_choice)
         self.w_opt = make_optimizer(self.model, cfg.train)
         self.d_opt = torch.optim.Adam(self.policy.parameters(), lr=sc.policy_lr, betas=sc.policy_betas)
-        self.step = make_da2_step(cfg, self.model, self.policy, self.w_opt, self.d_opt, torch.device("cpu"))
+        self.step = make_da2_step(cfg, self.model, self.policy, self.w_opt, self.d_opt, torch.device("cpu"),
+                                  flip_pairs=flip_pairs)
         self.noise = torch.Generator().manual_seed(cfg.seed)
 
     def op_table(self) -> dict:

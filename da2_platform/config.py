@@ -140,6 +140,9 @@ class DA2Config(_Section):
     centre_p: bool = False  # score: subtract the slot mean from the p gradient (measured worse: off)
     m_sigma: float = Field(0.5, gt=0)  # score: std of the logit-normal magnitude exploration
     draws_per_image: int = Field(1, ge=1)  # score: policy draws per train image (>1: per-image leave-one-out baseline)
+    # the d objective scores the predictor as evaluation does: flip test on the val side (None: train.flip_test).
+    # Without it the search cannot see that a policy without HorizontalFlip ruins flip-test AP (measured)
+    val_flip_test: bool | None = None
     val_batch_size: int | None = Field(None, ge=1)  # search-val batch of a d step; None: train.batch_size
     policy_lr: float = Field(0.05, gt=0)
     policy_betas: tuple[float, float] = (0.9, 0.999)

@@ -47,7 +47,7 @@ from torch import nn
 
 from da2_platform.errors import TrainingError
 from da2_platform.search.relaxed_policy import PolicyChoices, PolicyNoise, RelaxedPolicy
-from da2_platform.training.step import check_finite
+from da2_platform.training.step import TrainingStep, check_finite
 from search_spaces.batch import PoseBatch
 
 # loss(model, batch) -> scalar; the batch carries images, heatmap targets and visibility (target weights)
@@ -68,12 +68,13 @@ class BilevelStep:
 
     def __init__(self, model: nn.Module, policy: RelaxedPolicy, loss: BatchLoss, w_optimizer: torch.optim.Optimizer,
                  d_optimizer: torch.optim.Optimizer, zeta: float, hypergradient: str = "central",
-                 grad_clip: float | None = None, normalise: bool = False):
+                 grad_clip: float | None = None, normalise: bool = False, val_loss: BatchLoss | None = None):
         if hypergradient not in ("central", "forward"):
             raise ValueError(f"hypergradient must be 'central' or 'forward', not {hypergradient!r}")
         self.model, self.policy, self.loss = model, policy, loss
         self.w_optimizer, self.d_optimizer = w_optimizer, d_optimizer
         self.zeta, self.mode, self.grad_clip, self.normalise = zeta, hypergradient, grad_clip, normalise
+        self.val_loss = val_loss or loss  # the d objective: the val loss of the predictor as evaluation runs it
         self.weights = [p for p in model.parameters() if p.requires_grad]
         self.d_params = list(policy.parameters())
         self.step_count = 0
@@ -105,7 +106,7 @@ class BilevelStep:
         """Eq. 12: the finite-difference approximation of the second-order term; returns (grad_d, L_val, eps)."""
         buffers = _save_buffers(self.model)
         w_after = [p.detach().clone() for p in self.weights]
-        val_loss = self.loss(self.model, val)
+        val_loss = self.val_loss(self.model, val)
         check_finite(val_loss, self.step_count, "DA2 val loss")
         g_val = torch.autograd.grad(val_loss, self.weights, allow_unused=True)
         g_val = [_zero_if_none(g, p) for g, p in zip(g_val, self.weights)]
@@ -158,35 +159,25 @@ class ScoreStep:
 
     `loss(model, batch, reduction="none")` must return per-sample losses [B]."""
 
-    def __init__(self, model: nn.Module, policy: RelaxedPolicy, loss: Callable[..., torch.Tensor],
-                 w_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer,
-                 hypergradient: str = "central", grad_clip: float | None = None, m_sigma: float = 0.5,
-                 centre_p: bool = True, draws_per_image: int = 1):
+    def __init__(self, trainer: TrainingStep, policy: RelaxedPolicy, loss: Callable[..., torch.Tensor],
+                 d_optimizer: torch.optim.Optimizer, hypergradient: str = "central", m_sigma: float = 0.5,
+                 centre_p: bool = True, draws_per_image: int = 1, val_loss: Callable[..., torch.Tensor] | None = None):
         if hypergradient not in ("central", "forward"):
             raise ValueError(f"hypergradient must be 'central' or 'forward', not {hypergradient!r}")
         if draws_per_image < 1:
             raise ValueError(f"draws_per_image must be at least 1, not {draws_per_image}")
-        self.model, self.policy, self.loss = model, policy, loss
-        self.w_optimizer, self.d_optimizer = w_optimizer, d_optimizer
-        self.mode, self.grad_clip, self.m_sigma, self.centre_p = hypergradient, grad_clip, m_sigma, centre_p
+        self.trainer, self.model, self.policy, self.loss = trainer, trainer.model, policy, loss
+        self.w_optimizer, self.d_optimizer = trainer.optimizer, d_optimizer
+        self.mode, self.m_sigma, self.centre_p = hypergradient, m_sigma, centre_p
         self.draws_per_image = draws_per_image
-        self.weights = [p for p in model.parameters() if p.requires_grad]
+        self.val_loss = val_loss or loss  # the d objective: the val loss of the predictor as evaluation runs it
+        self.weights = [p for p in self.model.parameters() if p.requires_grad]
         self.step_count = 0
 
     def w_step(self, aug: PoseBatch) -> torch.Tensor:
-        """Update w on the (already augmented) batch; returns the per-sample losses at w, detached."""
-        self.model.train()
-        per_sample = self.loss(self.model, aug, reduction="none")
-        loss = per_sample.mean()
-        check_finite(loss, self.step_count, "DA2 train loss")
-        grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
-        for p, g in zip(self.weights, grads):
-            p.grad = g
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
-        self.w_optimizer.step()
-        self.w_optimizer.zero_grad(set_to_none=True)
-        return per_sample.detach()
+        """Update w on the (already augmented) batch with the shared training step (the one every training
+        runs); returns the per-sample losses at w, detached."""
+        return self.trainer.update(aug.images, aug.heatmaps, aug.visible).total.detach()
 
     def credits(self, aug: PoseBatch, val: PoseBatch, w_before: list[torch.Tensor],
                 loss_at_w: torch.Tensor | None) -> tuple[torch.Tensor, float, float]:
@@ -194,7 +185,7 @@ class ScoreStep:
         returns (r [B], L_val(w'), eps). Weights and batch-norm buffers are restored afterwards."""
         buffers = _save_buffers(self.model)
         w_after = [p.detach().clone() for p in self.weights]
-        val_loss = self.loss(self.model, val, reduction="none").mean()
+        val_loss = self.val_loss(self.model, val, reduction="none").mean()
         check_finite(val_loss, self.step_count, "DA2 val loss")
         g_val = [_zero_if_none(g, p) for g, p in
                  zip(torch.autograd.grad(val_loss, self.weights, allow_unused=True), self.weights)]

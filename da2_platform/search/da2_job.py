@@ -15,14 +15,20 @@ from typing import TYPE_CHECKING
 import torch
 
 from da2_platform.config import ExperimentConfig
-from da2_platform.data.heatmaps import render_heatmaps
+from da2_platform.data.heatmaps import flip_heatmaps_back, render_heatmaps
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.inference import evaluate_model
 from da2_platform.search.bilevel import BilevelStep, ScoreStep
 from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
 from da2_platform.search.trial import TrialClock, limit_threads, trial_device
 from da2_platform.training.loop import build_model, epoch_loader
-from da2_platform.training.step import autocast_for, batch_to_device, make_optimizer, seed_everything
+from da2_platform.training.step import (
+    TrainingStep,
+    autocast_for,
+    batch_to_device,
+    make_optimizer,
+    seed_everything,
+)
 from pose_models.losses import P2NetLoss
 from search_spaces.batch import PoseBatch
 
@@ -32,28 +38,44 @@ if TYPE_CHECKING:
 STATE_FILE = "da2_state.pt"
 
 
-def make_batch_loss(loss_fn: P2NetLoss, cfg: ExperimentConfig, device: torch.device):
-    def batch_loss(model: torch.nn.Module, batch: PoseBatch, reduction: str = "mean") -> torch.Tensor:
-        with autocast_for(device, cfg.train.bf16):
-            out = model(batch.images)
-        from pose_models.p2net import P2NetOutput
+def make_batch_loss(loss_fn: P2NetLoss, cfg: ExperimentConfig, device: torch.device, flip_pairs=None):
+    """loss(model, batch, reduction) of P2Net's outputs; with `flip_pairs`, of the flip-test predictor that
+    evaluation scores: every output averaged with the flipped-back output of the mirrored batch (one forward pass
+    of 2B images)."""
+    from pose_models.p2net import P2NetOutput
 
-        out = P2NetOutput(heatmaps=out.heatmaps.float(), stage_heatmaps=[h.float() for h in out.stage_heatmaps])
+    def batch_loss(model: torch.nn.Module, batch: PoseBatch, reduction: str = "mean") -> torch.Tensor:
+        images = batch.images if flip_pairs is None else torch.cat([batch.images, batch.images.flip(3)])
+        with autocast_for(device, cfg.train.bf16):
+            out = model(images)
+        maps = [out.heatmaps.float(), *(h.float() for h in out.stage_heatmaps)]
+        if flip_pairs is not None:
+            n = batch.images.shape[0]
+            maps = [(m[:n] + flip_heatmaps_back(m[n:], flip_pairs)) / 2 for m in maps]
+        out = P2NetOutput(heatmaps=maps[0], stage_heatmaps=maps[1:])
         return loss_fn(out, batch.heatmaps.float(), batch.visible.float(), reduction=reduction).total
     return batch_loss
 
 
 def make_da2_step(cfg: ExperimentConfig, model: torch.nn.Module, policy: RelaxedPolicy, w_opt, d_opt,
-                  device: torch.device) -> BilevelStep | ScoreStep:
-    """The configured d estimator around (model, policy, both optimisers)."""
+                  device: torch.device, flip_pairs=None) -> BilevelStep | ScoreStep:
+    """The configured d estimator around (model, policy, both optimisers). The val side scores the predictor
+    the way evaluation does: with flip test when `search.da2.val_flip_test` (default: `train.flip_test`)."""
     sc = cfg.search.da2
-    loss = make_batch_loss(P2NetLoss(ohkm_topk=cfg.model.ohkm_topk), cfg, device)
+    loss_fn = P2NetLoss(ohkm_topk=cfg.model.ohkm_topk)
+    loss = make_batch_loss(loss_fn, cfg, device)
+    flip_val = cfg.train.flip_test if sc.val_flip_test is None else sc.val_flip_test
+    if flip_val and flip_pairs is None:
+        raise ValueError("the flip-test val objective needs the dataset's flip pairs")
+    val_loss = make_batch_loss(loss_fn, cfg, device, flip_pairs) if flip_val else loss
     if sc.estimator == "score":
-        return ScoreStep(model, policy, loss, w_opt, d_opt, hypergradient=sc.hypergradient,
-                         grad_clip=cfg.train.grad_clip, m_sigma=sc.m_sigma, centre_p=sc.centre_p,
-                         draws_per_image=sc.draws_per_image)
+        trainer = TrainingStep(model, loss_fn, w_opt, cfg.train, cfg.data.input_size, device,
+                               sigma=cfg.data.heatmap_sigma)
+        return ScoreStep(trainer, policy, loss, d_opt, hypergradient=sc.hypergradient, m_sigma=sc.m_sigma,
+                         centre_p=sc.centre_p, draws_per_image=sc.draws_per_image, val_loss=val_loss)
     return BilevelStep(model, policy, loss, w_opt, d_opt, zeta=sc.zeta or cfg.train.lr,
-                       hypergradient=sc.hypergradient, grad_clip=cfg.train.grad_clip, normalise=sc.normalise)
+                       hypergradient=sc.hypergradient, grad_clip=cfg.train.grad_clip, normalise=sc.normalise,
+                       val_loss=val_loss)
 
 
 def with_targets(samples: dict, cfg: ExperimentConfig, device: torch.device) -> PoseBatch:
@@ -102,7 +124,8 @@ class DA2Search:
                                     hard=sc.hard_choice).to(device)
         self.w_opt = make_optimizer(self.model, cfg.train)
         self.d_opt = torch.optim.Adam(self.policy.parameters(), lr=sc.policy_lr, betas=sc.policy_betas)
-        self.step_fn = make_da2_step(cfg, self.model, self.policy, self.w_opt, self.d_opt, device)
+        self.step_fn = make_da2_step(cfg, self.model, self.policy, self.w_opt, self.d_opt, device,
+                                     flip_pairs=train_ds.flip_pairs)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.state = {"step": 0, "train_consumed": 0, "val_consumed": 0, "wall": 0.0, "curves": []}
         self.train_stream = BatchStream(train_ds, cfg, 0)
