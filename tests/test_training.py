@@ -258,6 +258,45 @@ def test_child_step_and_production_step_reach_identical_weights(synthpose_small,
         assert torch.equal(a[key], b[key]), key
 
 
+def test_da2_w_step_and_a_child_step_reach_identical_weights(synthpose_small, tmp_path):
+    """DA2's w step is the shared training step: on one augmented batch (a fixed draw of DA2's policy) from one
+    initialisation, `ScoreStep.w_step` and a child's `TrainingStep` leave identical weights and optimiser state
+    (the child and production steps are shown identical above)."""
+    from da2_platform.search.da2_job import make_da2_step, with_targets
+    from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
+
+    cfg = small_config(tmp_path, synthpose_small, epochs=1)
+    ds = TopDownDataset(synthpose_small.train_annotations, synthpose_small.train_images, input_size=INPUT)
+    batch = with_targets(first_batch(synthpose_small), cfg, torch.device("cpu"))
+    policy = RelaxedPolicy(op_slots(4, 2, 0), ds.flip_pairs)
+    g = torch.Generator().manual_seed(0)
+    noise = policy.sample_noise(8, g)
+    aug = policy.apply_choices(batch, policy.sample_choices(noise, 0.5), noise)
+
+    models = []
+    for use_da2 in (True, False):
+        torch.manual_seed(0)
+        model = build_model(cfg, ds.num_joints)
+        w_opt = make_optimizer(model, cfg.train)
+        if use_da2:
+            step = make_da2_step(cfg, model, policy, w_opt, torch.optim.SGD(policy.parameters(), 0),
+                                 torch.device("cpu"), flip_pairs=ds.flip_pairs)
+            for _ in range(2):
+                step.w_step(aug)
+        else:
+            step = TrainingStep(model, P2NetLoss(ohkm_topk=cfg.model.ohkm_topk), w_opt, cfg.train, INPUT,
+                                torch.device("cpu"))
+            for _ in range(2):
+                step(aug)
+        models.append((model.state_dict(), w_opt.state_dict()["state"]))
+    (a, a_opt), (b, b_opt) = models
+    assert not torch.equal(aug.images, batch.images)  # the draw changed pixels
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for key in a_opt:
+        assert torch.equal(a_opt[key]["exp_avg"], b_opt[key]["exp_avg"]), key
+
+
 def test_fit_resumed_mid_epoch_matches_uninterrupted(synthpose_small, tmp_path):
     """PBT restores children between reports, mid-epoch: the checkpoint carries the position in the epoch."""
     from search_spaces.fixed import fixed_policy

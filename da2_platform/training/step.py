@@ -22,7 +22,7 @@ from torch import nn
 from da2_platform.config import TrainConfig
 from da2_platform.data.heatmaps import render_heatmaps
 from da2_platform.errors import TrainingError
-from pose_models.losses import P2NetLoss
+from pose_models.losses import P2NetLoss, P2NetLossOutput
 from search_spaces.batch import PoseBatch
 
 Augment = Callable[[PoseBatch], PoseBatch]
@@ -181,21 +181,9 @@ class TrainingStep:
             with torch.no_grad():
                 batch = self.augment(batch)
         heatmaps, weights = targets_for(batch, self.input_size, self.sigma)
-        images = batch.images
-        if self.cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        self.model.train()
-        with autocast_for(self.device, self.cfg.bf16):
-            output = self.model(images)
-        losses = self.loss_fn(_float_output(output), heatmaps.float(), weights.float())
-        if not on_gpu:  # on a GPU the check waits for the loss: it runs when the metrics are read
-            check_finite(losses.total, self.step)
-        self.optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
-        if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.step += 1
+        per_sample = self.update(batch.images, heatmaps, weights)
+        losses = P2NetLossOutput(total=per_sample.total.mean(), extraction=per_sample.extraction.mean(),
+                                 refinement=per_sample.refinement.mean())
         if on_gpu:  # a non-blocking copy into pinned memory, then the end event: nothing waits here
             values = torch.stack([losses.total, losses.extraction, losses.refinement]).detach().float()
             host = torch.empty(3, pin_memory=True).copy_(values, non_blocking=True)
@@ -203,6 +191,28 @@ class TrainingStep:
             return StepMetrics(self.step, host, events)
         return StepMetrics(self.step, (losses.total.item(), losses.extraction.item(), losses.refinement.item()),
                            time.perf_counter() - start)
+
+    def update(self, images: torch.Tensor, heatmaps: torch.Tensor, weights: torch.Tensor) -> P2NetLossOutput:
+        """The optimisation step itself, on a batch that already has its targets: forward, the P2Net loss (the
+        batch mean of the per-sample losses), backward, clip, optimiser step. Returns the per-sample losses [B]
+        (still on the device). Every training calls it: `__call__` here (production, children, final trainings)
+        and DA2's w step (`search.bilevel.ScoreStep`), which needs the per-sample losses for its credits."""
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        self.model.train()
+        with autocast_for(self.device, self.cfg.bf16):
+            output = self.model(images)
+        losses = self.loss_fn(_float_output(output), heatmaps.float(), weights.float(), reduction="none")
+        loss = losses.total.mean()
+        if self.device.type != "cuda":  # on a GPU the check waits for the loss: it runs when the metrics are read
+            check_finite(loss, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return losses
 
 
 def _float_output(output):
