@@ -99,10 +99,10 @@ def test_unknown_section_is_refused_with_exit_2(tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
-@pytest.mark.slow
 def test_smoke_runs_every_section_on_the_cpu_to_completion(tmp_path):
-    """11 min on the shared 2-core machine at load average 15-30 (the target is 3 min on a quiet one); --slack 5
-    widens every cap so a busy machine does not turn slow sections into failures."""
+    """Part of `make test` (issue 17: the smoke passes there). 11 min on the shared 2-core machine at load average
+    15-30, about 3 min on a quiet one; --slack 5 widens every cap so a busy machine does not turn slow sections
+    into failures."""
     out = tmp_path / "smoke.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--slack", "5", "--out", str(out)], env=env,

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from cli_helpers import run_json
+from mlflow.exceptions import MlflowException
 
 from da2_platform.cli.main import main
 
@@ -108,10 +109,11 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
+    log = (root / "server.log").open("wb")  # the server's stderr, closed when the fixture ends
     proc = subprocess.Popen(
         [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "wb"), start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -130,12 +132,13 @@ def mlflow_server(tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
 
 
 def versions(client, name: str = "pose-aug-policy") -> list:
     try:
         return client.search_model_versions(f"name='{name}'")
-    except Exception:
+    except MlflowException:  # the registered model does not exist yet
         return []
 
 
