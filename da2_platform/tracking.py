@@ -92,6 +92,9 @@ def _store_lock(uri: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _get_or_create_experiment(cfg: ExperimentConfig, uri: str, name: str) -> str:
     import mlflow
 
@@ -101,7 +104,8 @@ def _get_or_create_experiment(cfg: ExperimentConfig, uri: str, name: str) -> str
             if existing is not None:
                 return existing.experiment_id
             location = artifact_root(cfg) if uri.startswith("sqlite:") else None
-            return mlflow.create_experiment(name, artifact_location=location)
+            # the UI then opens the experiment as model training (runs, charts), not as a GenAI app (traces)
+            return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
         except TrackingError:
             raise
         except Exception as e:  # noqa: BLE001 -- a store or server can fail in many ways; all are reported
