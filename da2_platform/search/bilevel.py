@@ -31,7 +31,9 @@ each train image i, so every image gets a credit
 passes of the train batch with per-sample losses. The policy is drawn hard per image (sub-policy, gates,
 magnitude: what the exported policy does) and d follows the score-function gradient sum_i A_i grad_d log q(draw_i)
 with the advantage A_i = (r_i - mean r) / std r: the batch mean is the baseline and the std removes the scale.
-Because any augmentation makes an image's loss, and so its gradient, larger, "op on" scores higher than "op off"
+L_val is the loss of the predictor evaluation scores (`val_loss`; with flip test, of the average of the output and
+the flipped-back output of the mirrored crop, see `da2_job.make_batch_loss`), so the search optimises what AP
+measures. Because any augmentation makes an image's loss, and so its gradient, larger, "op on" scores higher than "op off"
 for every op when the val set is harder than train; `centre_p` subtracts the mean over all slots from the p
 gradient, so ops are ranked against each other rather than against no augmentation.
 """
