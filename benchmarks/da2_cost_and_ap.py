@@ -92,7 +92,7 @@ def main() -> None:
     data = prepare_data(cfg)
     size = cfg.data.input_size
     search_train = TopDownDataset(data.search_train_annotations, data.train_images, input_size=size)
-    search_val = TopDownDataset(data.search_val_annotations, data.train_images, input_size=size)
+    search_val = TopDownDataset(data.search_val_annotations, data.search_val_images, input_size=size)
     full_train = TopDownDataset(data.full_train_annotations, data.train_images, input_size=size)
     result: dict = {"config": args.config, "overrides": overrides, "input_size": list(size),
                     "batch_size": cfg.train.batch_size, "threads": args.threads, "cost": {}, "ap": {}}
