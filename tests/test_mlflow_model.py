@@ -41,3 +41,16 @@ def test_registered_p2net_loads_with_mlflow_and_predicts_the_checkpoints_heatmap
     assert mv.tags["da2.policy_version"] == "3" and mv.tags["da2.policy_ref"] == "fixed:none"
     info = mlflow.models.get_model_info(f"models:/{cfg.tracking.registered_model}/{version}")
     assert info.signature is not None and tuple(info.signature.inputs.inputs[0].shape) == (-1, 3, 64, 48)
+
+
+def test_experiments_open_as_model_training_in_the_mlflow_ui(tmp_path):
+    """MLflow 3.17's UI shows an untagged experiment as a GenAI app (traces); da2's open on runs and charts."""
+    from mlflow import MlflowClient
+
+    from da2_platform.config import load_config
+    from da2_platform.tracking import resolve_tracking_uri, setup_tracking
+
+    cfg = load_config(None, {"workdir": str(tmp_path), "name": "ui-kind"})
+    experiment_id = setup_tracking(cfg)
+    tags = MlflowClient(tracking_uri=resolve_tracking_uri(cfg)).get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
