@@ -169,7 +169,7 @@ class ScoreStep:
         if draws_per_image < 1:
             raise ValueError(f"draws_per_image must be at least 1, not {draws_per_image}")
         self.trainer, self.model, self.policy, self.loss = trainer, trainer.model, policy, loss
-        self.w_optimizer, self.d_optimizer = trainer.optimizer, d_optimizer
+        self.d_optimizer = d_optimizer
         self.mode, self.m_sigma, self.centre_p = hypergradient, m_sigma, centre_p
         self.draws_per_image = draws_per_image
         self.val_loss = val_loss or loss  # the d objective: the val loss of the predictor as evaluation runs it
