@@ -6,11 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COCO_SAMPLE = REPO_ROOT.parent / "shared" / "fixtures" / "coco_sample"
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# property tests draw the same examples on every run (a failure on CI reproduces here); HYPOTHESIS_PROFILE=explore
+# draws new ones
+settings.register_profile("repro", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repro"))
 
 
 @pytest.fixture(scope="session")
