@@ -453,12 +453,16 @@ class SearchRecorder(tune.Callback):
 
         run_id = self.trial_run(row.trial_id)
         with _MLFLOW_LOCK:
-            if self.client.get_run(run_id).info.status not in ("FINISHED", "FAILED"):
+            run = self.client.get_run(run_id)
+            if run.info.status not in ("FINISHED", "FAILED"):
                 stamp = int(time.time() * 1000)
+                # the trial's last report usually logged these already (live): add only what is missing or
+                # different, so a curve does not end with the same point twice
                 self.client.log_batch(run_id, metrics=[
                     Metric(k, float(v), stamp, row.steps) for k, v in
                     (("val_ap", row.val_ap), ("device_seconds", row.device_seconds),
-                     ("wall_seconds", row.wall_seconds)) if math.isfinite(float(v))])
+                     ("wall_seconds", row.wall_seconds))
+                    if math.isfinite(float(v)) and run.data.metrics.get(k) != float(v)])
                 self.client.set_tag(run_id, "da2.status", row.status)
                 self.client.set_tag(run_id, "da2.retries", str(retries))
                 self.client.set_terminated(run_id, "FAILED" if row.status == "failed" else "FINISHED")
