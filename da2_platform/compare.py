@@ -196,7 +196,8 @@ def _client(uri: str):
 
 def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) -> list[FinalTraining]:
     """One Tune trial per method: the one training loop (`Fit`, as `da2 train` runs it: cfg.train.epochs epochs)
-    on the full train split, scored on val."""
+    on the full train split, scored on val. A one-pass DA2 search trained its network already: its val AP is
+    the final one, and its final row costs no device time (the search's own rows hold it)."""
     from ray import tune
 
     from da2_platform.data.splits import prepare_data
@@ -209,17 +210,18 @@ def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) ->
     settings = {"cfg": cfg.model_dump(mode="json"), "space": None, "child_steps": None, "evals": 1,
                 "train_annotations": str(data.full_train_annotations), "train_images": str(data.train_images),
                 "eval_annotations": str(data.val_annotations), "eval_images": str(data.val_images)}
-    finals = [{"method": o.method, "policy_json": o.best_policy.to_json()} for o in outcomes]
+    finals = [{"method": o.method, "policy_json": o.best_policy.to_json()} for o in outcomes
+              if o.one_pass_val_ap is None]
+    by_method = {o.method: one_pass_row(cfg, o) for o in outcomes if o.one_pass_val_ap is not None}
     storage = (cfg.workdir / "ray_results").resolve()
-    tuner = tune.Tuner(
+    tuner = None if not finals else tune.Tuner(
         tune.with_resources(tune.with_parameters(child_trainable, settings=settings), trial_resources(cfg)),
         param_space={"final": tune.grid_search(finals)},
         tune_config=tune.TuneConfig(max_concurrent_trials=max(1, cfg.search.rl.concurrent)),
         run_config=tune.RunConfig(name=f"{cfg.name}-final", storage_path=str(storage), verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
-    by_method = {}
-    for result in tuner.fit():
+    for result in tuner.fit() if tuner is not None else []:
         method = result.config["final"]["method"]
         record = {"trial_id": Path(str(result.path)).name, "metrics": dict(result.metrics or {}),
                   "config": {"method": method}, "error": None if result.error is None else str(result.error)}
@@ -229,9 +231,25 @@ def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) ->
     for o in outcomes:
         row = by_method[o.method]
         row.search_run_id = o.run_id
-        if o.registered_version and row.status == "completed":
+        if o.registered_version and row.status == "completed" and o.one_pass_val_ap is None:  # one-pass: tagged
             tag_final_ap(cfg.tracking.registered_policy, o.registered_version, row.val_ap,
                          f"da2 compare {cfg.name}: {cfg.train.epochs} epochs on the full train split, val AP")
         out.append(FinalTraining(o.method, row.val_ap, row.device_seconds, o.registered_version))
     CostLedger.for_experiment(cfg.workdir, cfg.name).append([by_method[o.method] for o in outcomes])
     return out
+
+
+def one_pass_row(cfg: ExperimentConfig, outcome: SearchOutcome) -> LedgerRow:
+    """The final row of a one-pass search: its own network's val AP, no device time of its own."""
+    import json
+
+    from da2_platform.ledger import utc_now
+
+    best = max((r for r in outcome.trials if r.status == "completed"), key=lambda r: r.val_ap, default=None)
+    now = utc_now()
+    return LedgerRow(experiment=cfg.name, method=f"final:{outcome.method}",
+                     trial_id=f"one-pass-{best.trial_id if best else outcome.run_id}",
+                     policy_json=outcome.best_policy.to_json(), device_kind=best.device_kind if best else "cpu",
+                     devices_held=0.0, wall_seconds=0.0, device_seconds=0.0, val_ap=float(outcome.one_pass_val_ap),
+                     status="completed", start_time=now, end_time=now, steps=best.steps if best else 0,
+                     extra_json=json.dumps({"one_pass": True, "model_version": outcome.model_version}))

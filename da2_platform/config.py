@@ -147,6 +147,10 @@ class DA2Config(_Section):
     policy_lr: float = Field(0.05, gt=0)
     policy_betas: tuple[float, float] = (0.9, 0.999)
     steps: int = Field(60, ge=1)
+    # one pass (the paper's one-pass optimisation): the search runs the final training's schedule (train.epochs
+    # epochs of the search-train split, train's lr milestones) instead of `steps`, and its own network is the
+    # trained model: registered beside the policy, scored on val, and compare trains nothing after it
+    one_pass: bool = False
     checkpoint_every: int = Field(20, ge=1)
     curve_every: int = Field(2, ge=1)  # snapshot pi, p, m every n steps
     top_n: int = Field(5, ge=1)

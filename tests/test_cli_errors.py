@@ -178,6 +178,12 @@ def test_resume_and_fresh_together_are_refused(tmp_path, capsys):
                   "--resume and --fresh contradict each other", tmp_path)
 
 
+def test_one_pass_is_refused_for_a_method_that_trains_no_network(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    fails_cleanly(["search", "--method", "rl", "--one-pass", "--config", str(cfg)], capsys,
+                  "--one-pass: only DA2 trains its network while it searches; --method is rl", tmp_path)
+
+
 def test_a_new_search_refuses_an_existing_folder(tmp_path, capsys):
     cfg = write_config(tmp_path)
     old = tmp_path / "w" / "ray_results" / "bad-fixed-none"

@@ -274,3 +274,66 @@ def test_compare_runs_the_searches_side_by_side_under_a_device_budget(synthpose_
     da2_start, da2_end = interval(next(r for r in rows if r["method"] == "da2"))
     others = [interval(r) for r in rows if r["method"] in ("rl", "fixed:none")]
     assert any(start < da2_end and da2_start < end for start, end in others), "no search ran beside DA2"
+
+
+def test_one_pass_da2_registers_its_network_and_compare_trains_nothing_after_it(synthpose_small, tmp_path,
+                                                                                ray_session, capsys):
+    """`search.da2.one_pass`: DA2 runs the training schedule, the driver registers the network it trained as a
+    `p2net` version linked to the policy version both ways, and compare scores that network on val instead of
+    training a fresh one (its final row costs no device time; only the other method has a final trial)."""
+    import mlflow
+
+    from da2_platform.config import load_config
+    from da2_platform.data.splits import prepare_data
+    from da2_platform.data.topdown import TopDownDataset
+    from da2_platform.inference import evaluate_model
+    from da2_platform.training.loop import epoch_loader, model_from_checkpoint
+
+    workdir = tmp_path / "w"
+    cfg_path = write_config(workdir, synthpose_small, da2={"one_pass": True, "steps": 50})
+    out = run_json(["compare", "--config", str(cfg_path), "--methods", "da2,fixed:none", "--json"], capsys)
+    assert {m["method"] for m in out["methods"]} == {"da2", "fixed:none"}
+
+    rows = pq.read_table(workdir / "ledger" / "itest.parquet").to_pylist()
+    final = next(r for r in rows if r["method"] == "final:da2")
+    extra = json.loads(final["extra_json"])
+    assert extra["one_pass"] is True and final["device_seconds"] == 0.0
+    search_row = next(r for r in rows if r["method"] == "da2")
+    cfg = load_config(cfg_path)
+    data = prepare_data(cfg)
+    train = TopDownDataset(data.search_train_annotations, data.train_images, input_size=cfg.data.input_size)
+    per_epoch = len(epoch_loader(train, cfg, 0))
+    assert search_row["steps"] == cfg.train.epochs * per_epoch != cfg.search.da2.steps  # the schedule's steps
+    finals = [p.name for p in (workdir / "ray_results" / "itest-final").iterdir() if p.is_dir()]
+    assert len(finals) == 1  # fixed:none's fresh training only
+
+    uri = f"sqlite:///{(workdir / 'mlflow' / 'mlflow.db').resolve()}"
+    client = client_for(uri)
+    model_version = extra["model_version"]
+    model = client.get_model_version("p2net", model_version)
+    policy = client.get_model_version("pose-aug-policy", model.tags["da2.policy_version"])
+    assert policy.tags["da2.method"] == "da2" and model.run_id != policy.run_id
+    assert model.tags["da2.policy_ref"] == f"models:/pose-aug-policy/{policy.version}"
+    assert policy.tags["da2.model_version"] == model_version and policy.tags["da2.model_name"] == "p2net"
+    assert float(policy.tags["da2.final_ap"]) == pytest.approx(final["val_ap"], abs=1e-6)
+
+    # the registered network is the one compare scored: its checkpoint scores the same val AP, and the MLflow
+    # model (exported) gives that network's heatmaps
+    import torch
+
+    mlflow.set_tracking_uri(uri)
+    checkpoint = mlflow.artifacts.download_artifacts(model.tags["da2.checkpoint"], dst_path=str(tmp_path / "dl"))
+    net = model_from_checkpoint(checkpoint).eval()
+    coco = evaluate_model(net, data.val_annotations, data.val_images, cfg.data.input_size, torch_cpu(),
+                          flip_test=cfg.train.flip_test, decoder=cfg.train.decoder, batch_size=16)
+    assert coco["AP"] == pytest.approx(final["val_ap"], abs=1e-6)
+    exported = mlflow.pytorch.load_model(f"models:/p2net/{model_version}")
+    images = torch.stack([train[i]["image"] for i in range(3)])
+    with torch.no_grad():
+        torch.testing.assert_close(exported(images), net(images).heatmaps, rtol=1e-4, atol=1e-5)
+
+
+def torch_cpu():
+    import torch
+
+    return torch.device("cpu")

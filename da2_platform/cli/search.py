@@ -22,17 +22,26 @@ def search(
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow server (default: SQLite in "
                                                "the workdir, or MLFLOW_TRACKING_URI)."),
     no_register: bool = typer.Option(False, "--no-register", help="Do not register the policy in MLflow."),
+    one_pass: bool = typer.Option(False, "--one-pass", help="DA2 only: search for the whole training schedule "
+                                  "(train.epochs epochs) and register the network it trained beside the policy "
+                                  "(search.da2.one_pass)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Search an augmentation policy with one method and register the best one as a `candidate` version."""
     from da2_platform.cli.output import safe
     from da2_platform.config import load_config
+    from da2_platform.errors import ConfigError
     from da2_platform.jobenv import check_shared_workdir
     from da2_platform.search.driver import check_flags, run_search
     from da2_platform.search.methods import job_factory
 
     check_flags(resume, fresh)
+    if one_pass and method != "da2":
+        raise ConfigError(f"--one-pass: only DA2 trains its network while it searches; --method is {method}")
     cfg = load_config(config, {"workdir": str(workdir)} if workdir else None)
+    if one_pass:
+        search_cfg = cfg.search.model_copy(update={"da2": cfg.search.da2.model_copy(update={"one_pass": True})})
+        cfg = cfg.model_copy(update={"search": search_cfg})
     check_shared_workdir(cfg.workdir, str(config or "<defaults>"))  # a multi-node job: every node sees it
     factory = job_factory(method)
     console.print(f"[bold]search[/] {safe(method)} on {safe(cfg.name)} (workdir {safe(cfg.workdir)})")

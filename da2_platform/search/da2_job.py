@@ -2,7 +2,9 @@
 
 The trial trains P2Net and the relaxed policy together (`BilevelStep`) on the search-train split, takes its
 d steps on the search-val split (never on val), and ends with the learned `Policy`, its search-val AP, the
-curves of pi, p and m, and its device-seconds.
+curves of pi, p and m, and its device-seconds. In one-pass mode (`search.da2.one_pass`) it runs the final
+training's schedule and also reports its network's val AP; the driver then registers that network beside the
+policy.
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ import torch
 from da2_platform.config import ExperimentConfig
 from da2_platform.data.heatmaps import flip_heatmaps_back, render_heatmaps
 from da2_platform.data.topdown import TopDownDataset
+from da2_platform.errors import TrainingError
+from da2_platform.files import write_bytes_atomic
 from da2_platform.inference import evaluate_model
 from da2_platform.search.bilevel import BilevelStep, ScoreStep
 from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
 from da2_platform.search.trial import TrialClock, limit_threads, trial_device
-from da2_platform.training.loop import build_model, epoch_loader
+from da2_platform.training.loop import FitState, build_model, checkpoint_bytes, epoch_loader, load_checkpoint
 from da2_platform.training.step import (
     TrainingStep,
     autocast_for,
     batch_to_device,
     make_optimizer,
+    make_scheduler,
     seed_everything,
 )
 from pose_models.losses import P2NetLoss
@@ -111,7 +116,9 @@ class BatchStream:
 class DA2Search:
     """One DA2 search (network + relaxed policy + both optimisers + data streams), steppable and resumable.
 
-    The Ray Tune trainable drives it; benchmarks call it directly with the same code."""
+    The Ray Tune trainable drives it; benchmarks call it directly with the same code. With `search.da2.one_pass`
+    it runs the final training's schedule (train.epochs epochs of its train split, the lr dropping at train's
+    milestones), so its network is a trained model."""
 
     def __init__(self, cfg: ExperimentConfig, train_ds: TopDownDataset, val_ds: TopDownDataset,
                  device: torch.device):
@@ -123,19 +130,22 @@ class DA2Search:
         self.policy = RelaxedPolicy(slots, train_ds.flip_pairs, tau1=sc.tau1, tau2=sc.tau2,
                                     hard=sc.hard_choice).to(device)
         self.w_opt = make_optimizer(self.model, cfg.train)
+        self.w_schedule = make_scheduler(self.w_opt, cfg.train)  # stepped per epoch in one-pass mode only
         self.d_opt = torch.optim.Adam(self.policy.parameters(), lr=sc.policy_lr, betas=sc.policy_betas)
         self.step_fn = make_da2_step(cfg, self.model, self.policy, self.w_opt, self.d_opt, device,
                                      flip_pairs=train_ds.flip_pairs)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.state = {"step": 0, "train_consumed": 0, "val_consumed": 0, "wall": 0.0, "curves": []}
         self.train_stream = BatchStream(train_ds, cfg, 0)
+        self.steps_per_epoch = len(epoch_loader(train_ds, cfg, 0))
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch if sc.one_pass else sc.steps
         val_cfg = cfg if sc.val_batch_size is None else cfg.model_copy(
             update={"train": cfg.train.model_copy(update={"batch_size": sc.val_batch_size})})
         self.val_stream = BatchStream(val_ds, val_cfg, 0, salt=10_000)
 
     @property
     def done(self) -> bool:
-        return self.state["step"] >= self.cfg.search.da2.steps
+        return self.state["step"] >= self.total_steps
 
     def step(self):
         sc = self.cfg.search.da2
@@ -144,31 +154,43 @@ class DA2Search:
         val = with_targets(next(self.val_stream), self.cfg, self.device) if update_d else None
         stats = self.step_fn(train, val, self.policy.sample_noise(train.images.shape[0], self.generator))
         self.state["step"] += 1
+        if sc.one_pass and self.state["step"] % self.steps_per_epoch == 0:
+            self.w_schedule.step()  # an epoch ended: the lr follows train's milestones, as in `Fit`
         if self.state["step"] % sc.curve_every == 0 or self.state["step"] == 1:
             self.state["curves"].append({"step": self.state["step"], **self.policy.snapshot()})
         return stats
 
     def learned_policy(self):
-        return self.policy.to_policy({"method": "da2", "seed": self.cfg.seed, "steps": self.state["step"]})
+        return self.policy.to_policy({"method": "da2", "seed": self.cfg.seed, "steps": self.state["step"],
+                                      **({"one_pass": True} if self.cfg.search.da2.one_pass else {})})
 
     def curves_json(self) -> str:
         return json.dumps({"slots": self.policy.slots, "curves": self.state["curves"]})
 
     def save(self, path: Path, wall: float) -> None:
+        """The one checkpoint format (`training.loop`): the network side as every training saves it, so
+        `model_from_checkpoint` loads the network a one-pass search trained; the policy side under `da2`."""
         self.state.update(train_consumed=self.train_stream.consumed, val_consumed=self.val_stream.consumed,
                           wall=wall)
-        torch.save({"model": self.model.state_dict(), "policy": self.policy.state_dict(),
-                    "w_opt": self.w_opt.state_dict(), "d_opt": self.d_opt.state_dict(),
-                    "generator": self.generator.get_state(), "state_json": json.dumps(self.state)}, path)
+        step = self.state["step"]
+        fit_state = FitState(epoch=step // self.steps_per_epoch, step=step,
+                             epoch_steps=step % self.steps_per_epoch, device_seconds=wall, extra=self.state)
+        da2 = {"policy": self.policy.state_dict(), "d_opt": self.d_opt.state_dict(),
+               "generator": self.generator.get_state()}
+        write_bytes_atomic(path, checkpoint_bytes(self.cfg, self.model, self.w_opt, self.w_schedule, fit_state,
+                                                  da2=da2))
 
     def load(self, path: Path) -> None:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_checkpoint(path, expect_config=self.model.config)
+        if "da2" not in saved:
+            raise TrainingError(f"{path}: a training checkpoint without DA2's policy state (field 'da2')")
         self.model.load_state_dict(saved["model"])
-        self.policy.load_state_dict(saved["policy"])
-        self.w_opt.load_state_dict(saved["w_opt"])
-        self.d_opt.load_state_dict(saved["d_opt"])
-        self.generator.set_state(saved["generator"])
-        self.state = json.loads(saved["state_json"])
+        self.w_opt.load_state_dict(saved["optimizer"])
+        self.w_schedule.load_state_dict(saved["scheduler"])
+        self.policy.load_state_dict(saved["da2"]["policy"])
+        self.d_opt.load_state_dict(saved["da2"]["d_opt"])
+        self.generator.set_state(saved["da2"]["generator"])
+        self.state = FitState.from_dict(saved["state"]).extra
         self.step_fn.step_count = self.state["step"]
         self.train_stream.consumed = self.state["train_consumed"]
         self.val_stream.consumed = self.state["val_consumed"]
@@ -204,6 +226,12 @@ def da2_trainable(config: dict, settings: dict) -> None:
                                   decoder=cfg.train.decoder, batch_size=cfg.train.eval_batch_size)
             metrics.update(val_ap=coco["AP"], policy_json=search.learned_policy().to_json(), complete=True,
                            curves_json=search.curves_json())
+            if sc.one_pass:  # the network is the trained model: scored on val, which the search never used
+                held_out = evaluate_model(search.model, Path(settings["holdout_annotations"]),
+                                          Path(settings["holdout_images"]), cfg.data.input_size, device,
+                                          flip_test=cfg.train.flip_test, decoder=cfg.train.decoder,
+                                          batch_size=cfg.train.eval_batch_size)
+                metrics["one_pass_val_ap"] = held_out["AP"]
         metrics.update(clock.report())  # evaluation time counts too
         with tempfile.TemporaryDirectory() as tmp:
             search.save(Path(tmp) / STATE_FILE, clock.wall())
@@ -228,13 +256,17 @@ def make_da2_job(cfg: ExperimentConfig, data) -> TuneJob:
                 files[f"curves/seed{seed}.png"] = plot_policy_curves(json.loads(curves))
         return files
 
+    settings = trial_settings(cfg, data)
+    if sc.one_pass:
+        settings.update(holdout_annotations=str(data.val_annotations), holdout_images=str(data.val_images))
     return TuneJob(
         method="da2",
-        trainable=tune.with_parameters(da2_trainable, settings=trial_settings(cfg, data)),
+        trainable=tune.with_parameters(da2_trainable, settings=settings),
         param_space={"seed": tune.grid_search(list(sc.seeds))},
         tune_config={"max_concurrent_trials": max(1, len(sc.seeds))},
         search_params={**sc.model_dump(mode="json"), "model": cfg.model.preset or cfg.model.backbone,
                        "input_size": "x".join(map(str, cfg.data.input_size)), "batch_size": cfg.train.batch_size},
         artifacts=artifacts,
         expected_trials=len(sc.seeds),
+        model_file=STATE_FILE if sc.one_pass else None,
     )

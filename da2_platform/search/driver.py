@@ -55,6 +55,9 @@ class SearchOutcome:
     registered_version: str | None = None
     failed_trials: list[str] = field(default_factory=list)  # trial ids that failed after every retry
     retried_trials: dict[str, int] = field(default_factory=dict)  # trial id -> retries
+    # one-pass DA2: the best trial's own network, scored on val, and its registered version (None otherwise)
+    one_pass_val_ap: float | None = None
+    model_version: str | None = None
 
     def to_record(self) -> dict:
         return {**self.summary(), "policy_json": self.best_policy.to_json(), "wall_seconds": self.wall_seconds}
@@ -64,14 +67,15 @@ class SearchOutcome:
         return cls(record["method"], record["experiment"], record["mlflow_run_id"],
                    Policy.from_json(record["policy_json"]), record["best_val_ap"], record["device_seconds"],
                    record["wall_seconds"], [], record["registered_version"], list(record.get("failed_trials", [])),
-                   dict(record.get("retried_trials", {})))
+                   dict(record.get("retried_trials", {})), record.get("one_pass_val_ap"), record.get("model_version"))
 
     def summary(self) -> dict:
         return {"method": self.method, "experiment": self.experiment, "mlflow_run_id": self.run_id,
                 "best_val_ap": self.best_val_ap, "device_seconds": self.device_seconds,
                 "device_hours": self.device_seconds / 3600, "wall_seconds": self.wall_seconds,
                 "trials": len(self.trials), "registered_version": self.registered_version,
-                "failed_trials": self.failed_trials, "retried_trials": self.retried_trials}
+                "failed_trials": self.failed_trials, "retried_trials": self.retried_trials,
+                "one_pass_val_ap": self.one_pass_val_ap, "model_version": self.model_version}
 
 
 @dataclass
@@ -90,6 +94,9 @@ class TuneJob:
     keep_checkpoints: int | None = 2
     expected_trials: int = 1  # trials a finished search has
     allow_partial: bool = False  # early stopping (ASHA) or a time budget may leave trials incomplete
+    # a search whose trials train the model itself (one-pass DA2): the checkpoint file, in the one training
+    # format, whose network the driver registers beside the policy (the best trial's checkpoints are kept till then)
+    model_file: str | None = None
 
 
 def trial_settings(cfg: ExperimentConfig, data: ExperimentData) -> dict:
@@ -238,7 +245,7 @@ def run_search(cfg: ExperimentConfig, method: str, make_job: Callable[[Experimen
                  "part": part_name(method, uuid.uuid4().hex[:8])}
     recorder = SearchRecorder(cfg, method, uri, experiment_id, state["run_id"], state["part"],
                               delete_checkpoints=not cfg.search.keep_checkpoints,
-                              defer_cleanup=job.keep_checkpoints is None)
+                              defer_cleanup=job.keep_checkpoints is None or job.model_file is not None)
     # one checkpoint per running trial makes Tune save its state at every report, by design: not worth a warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     progress = SearchProgress(method, job.expected_trials, getattr(stopper, "budget", None))
@@ -310,7 +317,8 @@ def _named(trainable: Callable, name: str) -> Callable:
 def _result_record(result: Any) -> dict:
     metrics = dict(result.metrics or {})
     return {"trial_id": metrics.get("trial_id") or Path(str(result.path)).name, "metrics": metrics,
-            "config": dict(result.config or {}), "error": None if result.error is None else str(result.error)}
+            "config": dict(result.config or {}), "error": None if result.error is None else str(result.error),
+            "checkpoint": result.checkpoint.path if result.checkpoint is not None else None}
 
 
 def _client(uri: str):
@@ -563,9 +571,36 @@ def record_search(cfg: ExperimentConfig, method: str, results: list[dict], job: 
             point_mlflow_at(recorder.uri)
             version = register_policy(cfg, policy, method=method, run_id=run_id, val_ap=best_row.val_ap,
                                       device_hours=total_dev / 3600)
+        one_pass_ap = best["metrics"].get("one_pass_val_ap")
+        model_version = None
+        if job.model_file is not None and version is not None:
+            model_version = register_search_model(cfg, recorder.uri, best, job.model_file, version, one_pass_ap,
+                                                  best_row.val_ap)
         client.set_terminated(run_id, "FINISHED")
     return SearchOutcome(method, cfg.name, run_id, policy, best_row.val_ap, total_dev, wall, rows, version, failed,
-                         retried)
+                         retried, None if one_pass_ap is None else float(one_pass_ap), model_version)
+
+
+def register_search_model(cfg: ExperimentConfig, uri: str, best: dict, model_file: str, policy_version: str,
+                          val_ap: float | None, search_val_ap: float) -> str:
+    """One-pass DA2: register the best trial's own network (its last checkpoint) as a `p2net` version whose tags
+    name the policy version it trained with, and tag that policy version with the network's version and val AP."""
+    from da2_platform.registry import register_trained_model, tag_final_ap
+
+    if not best.get("checkpoint"):
+        raise Da2Error(f"one-pass {cfg.name!r}: trial {best['trial_id']} left no checkpoint to register")
+    name = cfg.tracking.registered_policy
+    metrics = {"search_val_AP": search_val_ap, **({"val_AP": float(val_ap)} if val_ap is not None else {})}
+    _, model_version = register_trained_model(cfg, Path(best["checkpoint"]) / model_file, metrics,
+                                              policy_ref=f"models:/{name}/{policy_version}",
+                                              policy_version=policy_version, policy_name=name, tracking_uri=uri)
+    client = _client(uri)
+    client.set_model_version_tag(name, policy_version, "da2.model_name", cfg.tracking.registered_model)
+    client.set_model_version_tag(name, policy_version, "da2.model_version", model_version)
+    if val_ap is not None:
+        tag_final_ap(name, policy_version, float(val_ap),
+                     f"one-pass DA2 {cfg.name}: the search's own network ({cfg.train.epochs} epochs), val AP")
+    return model_version
 
 
 def ledger_row(cfg: ExperimentConfig, method: str, r: dict) -> LedgerRow:

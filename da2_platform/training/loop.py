@@ -6,8 +6,9 @@ are seeded per step on the device (`augment_on: device`) or per epoch in the loa
 loader`), so a run resumed from any checkpoint -- at an epoch end or mid-epoch, as PBT's exploit does -- takes
 the same batches and augmentation draws as an uninterrupted one.
 
-One checkpoint format for all of them: a dict with `kind` ("p2net-training") and `version`, the model
-config, the weights, optimizer and lr-scheduler state and the loop state, loadable with `weights_only=True`.
+One checkpoint format for all of them, and for DA2's search: a dict with `kind` ("p2net-training") and `version`,
+the model config, the weights, optimizer and lr-scheduler state and the loop state, loadable with
+`weights_only=True` (DA2 adds a `da2` section: the relaxed policy, its optimiser and the draw generator).
 """
 
 from __future__ import annotations
@@ -257,20 +258,7 @@ class Fit:
     # -- checkpoints ---------------------------------------------------------------------------------------
     def checkpoint_bytes(self) -> bytes:
         self._fold(wait=True)
-        model = _unwrap(self.model)
-        payload = {
-            "kind": CHECKPOINT_KIND,
-            "version": CHECKPOINT_VERSION,
-            "model_config": dict(model.config),
-            "input_size": list(self.cfg.data.input_size),
-            "model": model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "state": self.state.to_dict(),
-        }
-        buf = io.BytesIO()
-        torch.save(payload, buf)
-        return buf.getvalue()
+        return checkpoint_bytes(self.cfg, self.model, self.optimizer, self.scheduler, self.state)
 
     def save(self, path: Path) -> Path:
         return write_bytes_atomic(path, self.checkpoint_bytes())
@@ -286,6 +274,26 @@ class Fit:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def checkpoint_bytes(cfg: ExperimentConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, state: FitState, **sections: dict) -> bytes:
+    """The one checkpoint format (every training, and DA2's search, which adds its policy side as `sections`)."""
+    model = _unwrap(model)
+    payload = {
+        "kind": CHECKPOINT_KIND,
+        "version": CHECKPOINT_VERSION,
+        "model_config": dict(model.config),
+        "input_size": list(cfg.data.input_size),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "state": state.to_dict(),
+        **sections,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
 
 
 def load_checkpoint(path: str | Path, expect_config: dict | None = None) -> dict:

@@ -1,0 +1,99 @@
+"""One-pass DA2 (the paper's one-pass optimisation) in process: the search runs the final training's schedule,
+its checkpoint is the one training format, and a resumed search ends where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from da2_platform.config import load_config
+from da2_platform.data.topdown import TopDownDataset
+from da2_platform.errors import TrainingError
+from da2_platform.search.da2_job import DA2Search
+from da2_platform.training.loop import (
+    CHECKPOINT_KIND,
+    Fit,
+    build_model,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+
+INPUT = (64, 48)
+
+
+def one_pass_config(tmp_path, synth, one_pass: bool = True):
+    return load_config(None, {
+        "workdir": str(tmp_path), "data.root": str(synth.root), "data.synth_train": 24, "data.synth_val": 8,
+        "train.batch_size": 8, "train.epochs": 2, "train.lr_milestones": [1], "train.flip_test": False,
+        "search.da2.sub_policies": 4, "search.da2.steps": 3, "search.da2.one_pass": one_pass})
+
+
+def datasets(synth):
+    train = TopDownDataset(synth.train_annotations, synth.train_images, input_size=INPUT)
+    val = TopDownDataset(synth.val_annotations, synth.val_images, input_size=INPUT)
+    return train, val
+
+
+def run(search: DA2Search, steps: int | None = None) -> None:
+    stop = search.total_steps if steps is None else steps
+    while search.state["step"] < stop:
+        search.step()
+
+
+def test_one_pass_runs_the_final_trainings_schedule(synthpose_small, tmp_path):
+    """train.epochs epochs of the train split, not search.da2.steps, with the lr dropping at train's milestone
+    exactly as `Fit` drops it; without one-pass the search keeps its own step count and a constant lr."""
+    train, val = datasets(synthpose_small)
+    cfg = one_pass_config(tmp_path, synthpose_small)
+    search = DA2Search(cfg, train, val, torch.device("cpu"))
+    fit = Fit(cfg, build_model(cfg, train.num_joints), train, None, torch.device("cpu"))
+    assert search.total_steps == fit.total_steps() == 2 * search.steps_per_epoch != cfg.search.da2.steps
+    run(search, search.steps_per_epoch)
+    assert search.w_opt.param_groups[0]["lr"] == pytest.approx(cfg.train.lr * cfg.train.lr_gamma)
+
+    plain = DA2Search(one_pass_config(tmp_path, synthpose_small, one_pass=False), train, val, torch.device("cpu"))
+    assert plain.total_steps == 3
+    run(plain)
+    assert plain.done and plain.w_opt.param_groups[0]["lr"] == pytest.approx(cfg.train.lr)
+    assert search.learned_policy().metadata.get("one_pass") is True
+    assert "one_pass" not in plain.learned_policy().metadata
+
+
+def test_one_pass_checkpoint_is_the_training_format_and_resumes_exactly(synthpose_small, tmp_path):
+    """The search's checkpoint loads as a P2Net training checkpoint (`model_from_checkpoint`, weights_only), and a
+    search saved mid-epoch and resumed in a new object reaches the same network and policy as one run straight."""
+    train, val = datasets(synthpose_small)
+    cfg = one_pass_config(tmp_path, synthpose_small)
+    straight = DA2Search(cfg, train, val, torch.device("cpu"))
+    run(straight)
+
+    first = DA2Search(cfg, train, val, torch.device("cpu"))
+    run(first, first.steps_per_epoch + 1)  # past the lr drop, mid-epoch
+    path = tmp_path / "da2_state.pt"
+    first.save(path, wall=1.5)
+    payload = load_checkpoint(path)
+    assert payload["kind"] == CHECKPOINT_KIND and set(payload["da2"]) == {"policy", "d_opt", "generator"}
+    assert payload["state"]["step"] == first.steps_per_epoch + 1 and payload["state"]["epoch"] == 1
+    net = model_from_checkpoint(path)
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+
+    resumed = DA2Search(cfg, train, val, torch.device("cpu"))
+    resumed.load(path)
+    assert resumed.state["wall"] == 1.5
+    run(resumed)
+    assert resumed.done and resumed.state["step"] == straight.state["step"]
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    for key, value in straight.policy.state_dict().items():
+        assert torch.equal(resumed.policy.state_dict()[key], value), key
+    assert resumed.w_opt.param_groups[0]["lr"] == straight.w_opt.param_groups[0]["lr"]
+
+
+def test_a_plain_training_checkpoint_is_not_a_da2_state(synthpose_small, tmp_path):
+    train, val = datasets(synthpose_small)
+    cfg = one_pass_config(tmp_path, synthpose_small)
+    fit = Fit(cfg, build_model(cfg, train.num_joints), train, None, torch.device("cpu"))
+    path = fit.save(tmp_path / "checkpoint.pt")
+    with pytest.raises(TrainingError, match="without DA2's policy state"):
+        DA2Search(cfg, train, val, torch.device("cpu")).load(path)
