@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--small-val-batch", type=int, default=4, help="the smaller search-val batch measured")
+    parser.add_argument("--val-grad-every", type=int, nargs="*", default=[4],
+                        help="also measure these search.da2.val_grad_every settings (every d step)")
     parser.add_argument("--set", nargs="*", default=[], help="dotted config overrides key=value (YAML values)")
     parser.add_argument("--out", default="benchmarks/results/da2_cost_and_ap.json")
     args = parser.parse_args()
@@ -115,11 +117,15 @@ def main() -> None:
                           plain_same_policy_seconds=same_seconds)
     small_val = [next(s) for s in [BatchStream(search_val, cfg.model_copy(update={"train": cfg.train.model_copy(
         update={"batch_size": args.small_val_batch})}), salt=10_000)] for _ in range(n_batches)]
-    for mode, every, vbs in (("central", 1, None), ("forward", 1, None), ("central", 1, args.small_val_batch),
-                             ("forward", 1, args.small_val_batch), ("central", 3, None), ("forward", 3, None)):
+    # (mode, d step every n w steps, search-val batch, val gradient every n d steps)
+    settings = [("central", 1, None, 1), ("forward", 1, None, 1), ("central", 1, args.small_val_batch, 1),
+                ("forward", 1, args.small_val_batch, 1), ("central", 3, None, 1), ("forward", 3, None, 1)]
+    settings += [(mode, 1, None, k) for k in args.val_grad_every for mode in ("central", "forward")]
+    for mode, every, vbs, vge in settings:
         seconds = da2_cost(cfg, search_train, search_val, train_batches, small_val if vbs else val_batches,
-                           args.cost_steps, hypergradient=mode, policy_update_every=every, val_batch_size=vbs)
-        key = f"{mode}_every{every}" + (f"_val{vbs}" if vbs else "")
+                           args.cost_steps, hypergradient=mode, policy_update_every=every, val_batch_size=vbs,
+                           val_grad_every=vge)
+        key = f"{mode}_every{every}" + (f"_val{vbs}" if vbs else "") + (f"_valgrad{vge}" if vge > 1 else "")
         result["cost"][key] = {"seconds": seconds, "ratio_to_plain": seconds / plain_seconds,
                                "ratio_to_plain_standard_pose": seconds / augmented_seconds,
                                "ratio_to_plain_same_policy": seconds / same_seconds}

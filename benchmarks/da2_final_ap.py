@@ -5,7 +5,8 @@ each differ from flip_val in one thing, plain_val_300steps from flip_val_300step
 `da2 compare` runs it (configs/bench_cpu.yaml: search-train = train, search-val = the 60-image target split,
 search.da2.steps steps from the shared warm start), then a final training with the learned policy exactly as
 compare's final trainings run (benchmarks/policy_sensitivity.py's `final_ap`: cfg.train.epochs on train, val AP
-once). The variants differ in one thing, so the paired difference is the effect of that thing. The uniform
+once). `one_pass` runs the search for the final training's schedule instead and scores its own network on val
+(no training after it). The variants differ in one thing, so the paired difference is the effect of that thing. The uniform
 start, standard-pose and none come from benchmarks/results/policy_sensitivity.json (same recipe, same seeds).
 Writes benchmarks/results/da2_final_ap.json; a rerun keeps what is there (add --fresh to start over).
 
@@ -39,7 +40,9 @@ VARIANTS = {"flip_val": {"val_flip_test": True}, "plain_val": {"val_flip_test": 
             "plain_val_lr0.2": {"val_flip_test": False, "policy_lr": 0.2},
             "flip_val_300steps": {"val_flip_test": True, "steps": 300},
             "plain_val_300steps": {"val_flip_test": False, "steps": 300},
-            "flip_val_draws2": {"val_flip_test": True, "draws_per_image": 2}}
+            "flip_val_draws2": {"val_flip_test": True, "draws_per_image": 2},
+            # one pass: the search runs the final training's schedule and its own network is the result
+            "one_pass": {"val_flip_test": True, "one_pass": True}}
 SENSITIVITY = Path("benchmarks/results/policy_sensitivity.json")
 
 
@@ -52,8 +55,8 @@ def op_mass(policy_dict: dict) -> dict[str, float]:
     return {k: round(v, 4) for k, v in sorted(mass.items(), key=lambda kv: -kv[1])}
 
 
-def search(cfg: ExperimentConfig, data) -> tuple[dict, float, float]:
-    """DA2 in-process on search-train / search-val; returns (policy dict, search-val AP, seconds)."""
+def search(cfg: ExperimentConfig, data) -> tuple[dict, float, float, DA2Search]:
+    """DA2 in-process on search-train / search-val; returns (policy dict, search-val AP, seconds, the search)."""
     size = cfg.data.input_size
     train_ds = TopDownDataset(data.search_train_annotations, data.train_images, input_size=size)
     val_ds = TopDownDataset(data.search_val_annotations, data.search_val_images, input_size=size)
@@ -64,7 +67,7 @@ def search(cfg: ExperimentConfig, data) -> tuple[dict, float, float]:
     seconds = time.perf_counter() - start
     ap = evaluate_model(run.model, data.search_val_annotations, data.search_val_images, size, torch.device("cpu"),
                         flip_test=cfg.train.flip_test, decoder=cfg.train.decoder)["AP"]
-    return run.learned_policy().to_dict(), ap, seconds
+    return run.learned_policy().to_dict(), ap, seconds, run
 
 
 def main() -> None:
@@ -92,10 +95,17 @@ def main() -> None:
             raw["seed"] = seed
             raw["search"]["da2"].update(VARIANTS[variant])
             cfg = ExperimentConfig.model_validate(raw)
-            policy, search_ap, search_s = search(cfg, data)
-
-            curve, final_s = final_ap(cfg, data, Policy.from_dict(policy))
-            runs[key] = {"variant": variant, "seed": seed, "final_val_ap": curve[-1]["val_ap"],
+            policy, search_ap, search_s, run = search(cfg, data)
+            if cfg.search.da2.one_pass:  # the search's network is the final model: val AP, no training after
+                t0 = time.perf_counter()
+                final = evaluate_model(run.model, data.val_annotations, data.val_images, cfg.data.input_size,
+                                       torch.device("cpu"), flip_test=cfg.train.flip_test,
+                                       decoder=cfg.train.decoder)["AP"]
+                final_s = time.perf_counter() - t0
+            else:
+                curve, final_s = final_ap(cfg, data, Policy.from_dict(policy))
+                final = curve[-1]["val_ap"]
+            runs[key] = {"variant": variant, "seed": seed, "final_val_ap": final, "search_steps": run.state["step"],
                          "search_val_ap": round(search_ap, 4), "search_seconds": round(search_s, 1),
                          "final_seconds": round(final_s, 1), "op_mass": op_mass(policy), "policy": policy}
             print(json.dumps({k: v for k, v in runs[key].items() if k != "policy"}), flush=True)

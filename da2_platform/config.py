@@ -144,6 +144,7 @@ class DA2Config(_Section):
     # Without it the search cannot see that a policy without HorizontalFlip ruins flip-test AP (measured)
     val_flip_test: bool | None = None
     val_batch_size: int | None = Field(None, ge=1)  # search-val batch of a d step; None: train.batch_size
+    val_grad_every: int = Field(1, ge=1)  # score: recompute grad_w L_val every n d steps, reuse it in between
     policy_lr: float = Field(0.05, gt=0)
     policy_betas: tuple[float, float] = (0.9, 0.999)
     steps: int = Field(60, ge=1)

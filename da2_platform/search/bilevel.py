@@ -163,7 +163,8 @@ class ScoreStep:
 
     def __init__(self, trainer: TrainingStep, policy: RelaxedPolicy, loss: Callable[..., torch.Tensor],
                  d_optimizer: torch.optim.Optimizer, hypergradient: str = "central", m_sigma: float = 0.5,
-                 centre_p: bool = True, draws_per_image: int = 1, val_loss: Callable[..., torch.Tensor] | None = None):
+                 centre_p: bool = True, draws_per_image: int = 1, val_loss: Callable[..., torch.Tensor] | None = None,
+                 val_grad_every: int = 1):
         if hypergradient not in ("central", "forward"):
             raise ValueError(f"hypergradient must be 'central' or 'forward', not {hypergradient!r}")
         if draws_per_image < 1:
@@ -175,6 +176,12 @@ class ScoreStep:
         self.val_loss = val_loss or loss  # the d objective: the val loss of the predictor as evaluation runs it
         self.weights = [p for p in self.model.parameters() if p.requires_grad]
         self.step_count = 0
+        # grad_w' L_val is recomputed every `val_grad_every` d steps and reused in between (it moves slowly; the
+        # val pass of 2B flip-test images is the d step's largest cost). Not checkpointed: a resumed search
+        # recomputes it at its first d step
+        self.val_grad_every = val_grad_every
+        self._d_steps = 0
+        self._val_grad: tuple[list[torch.Tensor], float] | None = None
 
     def w_step(self, aug: PoseBatch) -> torch.Tensor:
         """Update w on the (already augmented) batch with the shared training step (the one every training
@@ -187,13 +194,8 @@ class ScoreStep:
         returns (r [B], L_val(w'), eps). Weights and batch-norm buffers are restored afterwards."""
         buffers = _save_buffers(self.model)
         w_after = [p.detach().clone() for p in self.weights]
-        val_loss = self.val_loss(self.model, val, reduction="none").mean()
-        check_finite(val_loss, self.step_count, "DA2 val loss")
-        g_val = [_zero_if_none(g, p) for g, p in
-                 zip(torch.autograd.grad(val_loss, self.weights, allow_unused=True), self.weights)]
+        g_val, val_loss = self.val_gradient(val)
         norm = torch.sqrt(sum((g.float() ** 2).sum() for g in g_val))
-        if not torch.isfinite(norm) or norm == 0:
-            raise TrainingError(f"DA2 step {self.step_count}: val gradient norm is {norm.item()}")
         eps = (0.01 / norm).item()
         plus = self._losses_at(w_before, g_val, +eps, aug)
         if self.mode == "central":
@@ -202,7 +204,23 @@ class ScoreStep:
             r = (plus - loss_at_w) / eps
         _assign(self.weights, w_after)
         _restore_buffers(self.model, buffers)
-        return r, val_loss.item(), eps
+        return r, val_loss, eps
+
+    def val_gradient(self, val: PoseBatch) -> tuple[list[torch.Tensor], float]:
+        """grad_w' L_val at the current weights and L_val: fresh every `val_grad_every` d steps, else the last."""
+        fresh = self._val_grad is None or self._d_steps % self.val_grad_every == 0
+        self._d_steps += 1
+        if not fresh:
+            return self._val_grad
+        val_loss = self.val_loss(self.model, val, reduction="none").mean()
+        check_finite(val_loss, self.step_count, "DA2 val loss")
+        g_val = [_zero_if_none(g, p) for g, p in
+                 zip(torch.autograd.grad(val_loss, self.weights, allow_unused=True), self.weights)]
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in g_val))
+        if not torch.isfinite(norm) or norm == 0:
+            raise TrainingError(f"DA2 step {self.step_count}: val gradient norm is {norm.item()}")
+        self._val_grad = (g_val, val_loss.item())
+        return self._val_grad
 
     @torch.no_grad()
     def _losses_at(self, w_base: list[torch.Tensor], direction: list[torch.Tensor], scale: float,

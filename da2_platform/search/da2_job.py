@@ -19,7 +19,7 @@ import torch
 from da2_platform.config import ExperimentConfig
 from da2_platform.data.heatmaps import flip_heatmaps_back, render_heatmaps
 from da2_platform.data.topdown import TopDownDataset
-from da2_platform.errors import TrainingError
+from da2_platform.errors import ConfigError, TrainingError
 from da2_platform.files import write_bytes_atomic
 from da2_platform.inference import evaluate_model
 from da2_platform.search.bilevel import BilevelStep, ScoreStep
@@ -73,11 +73,14 @@ def make_da2_step(cfg: ExperimentConfig, model: torch.nn.Module, policy: Relaxed
     if flip_val and flip_pairs is None:
         raise ValueError("the flip-test val objective needs the dataset's flip pairs")
     val_loss = make_batch_loss(loss_fn, cfg, device, flip_pairs) if flip_val else loss
+    if sc.val_grad_every > 1 and sc.estimator != "score":
+        raise ConfigError("search.da2.val_grad_every: reusing the val gradient is built for estimator 'score' only")
     if sc.estimator == "score":
         trainer = TrainingStep(model, loss_fn, w_opt, cfg.train, cfg.data.input_size, device,
                                sigma=cfg.data.heatmap_sigma)
         return ScoreStep(trainer, policy, loss, d_opt, hypergradient=sc.hypergradient, m_sigma=sc.m_sigma,
-                         centre_p=sc.centre_p, draws_per_image=sc.draws_per_image, val_loss=val_loss)
+                         centre_p=sc.centre_p, draws_per_image=sc.draws_per_image, val_loss=val_loss,
+                         val_grad_every=sc.val_grad_every)
     return BilevelStep(model, policy, loss, w_opt, d_opt, zeta=sc.zeta or cfg.train.lr,
                        hypergradient=sc.hypergradient, grad_clip=cfg.train.grad_clip, normalise=sc.normalise,
                        val_loss=val_loss)

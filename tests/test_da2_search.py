@@ -1,5 +1,6 @@
-"""One-pass DA2 (the paper's one-pass optimisation) in process: the search runs the final training's schedule,
-its checkpoint is the one training format, and a resumed search ends where an uninterrupted one does."""
+"""DA2's search in process: one pass (the paper's one-pass optimisation) runs the final training's schedule, its
+checkpoint is the one training format, a resumed search ends where an uninterrupted one does, and the val
+gradient is reused between refreshes when asked."""
 
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ from da2_platform.training.loop import (
 INPUT = (64, 48)
 
 
-def one_pass_config(tmp_path, synth, one_pass: bool = True):
+def one_pass_config(tmp_path, synth, one_pass: bool = True, **da2):
     return load_config(None, {
         "workdir": str(tmp_path), "data.root": str(synth.root), "data.synth_train": 24, "data.synth_val": 8,
         "train.batch_size": 8, "train.epochs": 2, "train.lr_milestones": [1], "train.flip_test": False,
-        "search.da2.sub_policies": 4, "search.da2.steps": 3, "search.da2.one_pass": one_pass})
+        "search.da2.sub_policies": 4, "search.da2.steps": 3, "search.da2.one_pass": one_pass,
+        **{f"search.da2.{k}": v for k, v in da2.items()}})
 
 
 def datasets(synth):
@@ -97,3 +99,25 @@ def test_a_plain_training_checkpoint_is_not_a_da2_state(synthpose_small, tmp_pat
     path = fit.save(tmp_path / "checkpoint.pt")
     with pytest.raises(TrainingError, match="without DA2's policy state"):
         DA2Search(cfg, train, val, torch.device("cpu")).load(path)
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_val_gradient_is_recomputed_every_n_d_steps(synthpose_small, tmp_path, every):
+    """`val_grad_every: 2` runs the val pass at d steps 1, 3, ... and reuses its gradient (and loss) between;
+    every d step still moves the policy."""
+    train, val = datasets(synthpose_small)
+    cfg = one_pass_config(tmp_path, synthpose_small, one_pass=False, steps=4, val_grad_every=every)
+    search = DA2Search(cfg, train, val, torch.device("cpu"))
+    calls = []
+    inner = search.step_fn.val_loss
+    search.step_fn.val_loss = lambda *a, **k: calls.append(1) or inner(*a, **k)
+    losses, policies = [], [torch.cat([p.detach().flatten() for p in search.policy.parameters()])]
+    for _ in range(4):
+        losses.append(search.step().val_loss)
+        policies.append(torch.cat([p.detach().flatten() for p in search.policy.parameters()]))
+    assert len(calls) == 4 // every
+    assert all(not torch.equal(a, b) for a, b in zip(policies, policies[1:]))
+    if every == 2:
+        assert losses[0] == losses[1] and losses[2] == losses[3] and losses[1] != losses[2]
+    else:
+        assert len(set(losses)) == 4
