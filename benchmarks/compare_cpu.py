@@ -79,7 +79,15 @@ def main() -> None:
     parser.add_argument("--budget-device-hours", type=float, default=0.5)
     parser.add_argument("--out", default="benchmarks/results/compare_cpu.json")
     parser.add_argument("--fresh", action="store_true", help="delete the config's workdir results first")
+    parser.add_argument("--replot", action="store_true", help="only draw --out's plot again from its saved report")
     args = parser.parse_args()
+    if args.replot:
+        from da2_platform.report import SeedsReport, plot_seeds_report
+
+        saved = json.loads(Path(args.out).read_text())
+        write_bytes_atomic(Path(saved["plot"]), plot_seeds_report(SeedsReport.from_dict(saved["report"])))
+        print(saved["plot"])
+        return
 
     import torch
 

@@ -38,6 +38,11 @@ class Report:
         return {"experiment": self.experiment, "methods": [asdict(m) for m in self.methods],
                 "curves": {k: [list(p) for p in v] for k, v in self.curves.items()}}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Report:
+        return cls(d["experiment"], [MethodSummary(**m) for m in d["methods"]],
+                   {k: [(float(h), float(ap)) for h, ap in v] for k, v in d["curves"].items()})
+
     def table_rows(self) -> list[list]:
         return [[m.method, m.trials, m.search_device_hours, m.best_val_ap, m.final_ap, m.device_hours_to_near_best,
                  m.ratio_to_da2] for m in self.methods]
@@ -149,6 +154,12 @@ class SeedsReport:
                 "methods": [asdict(m) for m in self.methods],
                 "per_seed": {str(seed): r.to_dict() for seed, r in self.per_seed.items()}}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> SeedsReport:
+        """Back from `to_dict` (a saved report, e.g. to draw its plot again)."""
+        return cls(d["experiment"], [int(s) for s in d["seeds"]], [MethodSpread(**m) for m in d["methods"]],
+                   {int(seed): Report.from_dict(r) for seed, r in d["per_seed"].items()})
+
     def table_rows(self) -> list[list]:
         return [[m.method, m.seeds, m.trials, m.final_ap, m.final_ap_std, m.best_val_ap, m.search_device_hours,
                  m.search_device_hours_std, m.device_hours_to_near_best, m.device_hours_to_near_best_std,
@@ -187,28 +198,31 @@ def build_seeds_report(rows_by_seed: dict[int, list[LedgerRow]], experiment: str
 def band_across_seeds(curves: list[list[tuple[float, float]]], points: int = 200):
     """Best-so-far step curves of several seeds on one device-hours grid: (x, mean, low, high) as arrays.
 
-    At x a seed's value is its best AP among trials ended by x (undefined before its first trial ends); mean,
-    minimum and maximum are over the seeds defined there."""
+    At x a seed's value is its best AP among trials ended by x. The grid starts where every seed has a trial
+    ended: a mean over only the seeds that have one would fall when a weaker seed's first trial ends, and a
+    best-so-far curve never falls. Mean, minimum and maximum are over all seeds."""
     import numpy as np
 
-    starts = [c[0][0] for c in curves if c]
-    ends = [c[-1][0] for c in curves if c]
-    lo, hi = max(min(starts), 1e-6), max(max(ends), 2e-6)
-    x = np.unique(np.concatenate([np.geomspace(lo, hi, points), [h for c in curves for h, _ in c]]))
+    curves = [c for c in curves if c]
+    starts = [c[0][0] for c in curves]
+    ends = [c[-1][0] for c in curves]
+    lo, hi = max(max(starts), 1e-6), max(max(ends), max(starts), 2e-6)
+    x = np.unique(np.concatenate([np.geomspace(lo, hi, points), [h for c in curves for h, _ in c if h >= lo]]))
     values = np.full((len(curves), len(x)), np.nan)
     for i, curve in enumerate(curves):
         hours = np.array([h for h, _ in curve])
         aps = np.array([ap for _, ap in curve])
         index = np.searchsorted(hours, x, side="right") - 1
         values[i] = np.where(index >= 0, aps[np.clip(index, 0, None)], np.nan)
-    defined = ~np.isnan(values).all(axis=0)
+    defined = ~np.isnan(values).any(axis=0)
     x, values = x[defined], values[:, defined]
-    return x, np.nanmean(values, axis=0), np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+    return x, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
 def plot_seeds_report(report: SeedsReport) -> bytes:
     """Best-so-far search-val AP against cumulative device-hours per method: the mean over seeds as a line and
-    the range across seeds as a band (PNG bytes)."""
+    the range across seeds as a band, from where every seed has a result; a dot with a bar (the range) marks
+    where the slowest seed ended (a method of one trial, like DA2 or a fixed policy, is only that dot). PNG."""
     fig, ax = _new_figure((9, 5.5))
     for index, method in enumerate(m.method for m in report.methods):
         curves = [r.curves[method] for r in report.per_seed.values() if r.curves.get(method)]
@@ -216,7 +230,9 @@ def plot_seeds_report(report: SeedsReport) -> bytes:
             continue
         color = f"C{index % 10}"
         x, mean, low, high = band_across_seeds(curves)
-        ax.step(x, mean, where="post", color=color, label=f"{method} (mean of {len(curves)})")
+        ax.step(x, mean, where="post", color=color)
+        ax.errorbar(x[-1], mean[-1], yerr=[[mean[-1] - low[-1]], [high[-1] - mean[-1]]], fmt="o", color=color,
+                    capsize=3, label=f"{method} (mean of {len(curves)})")
         if len(curves) > 1:
             ax.fill_between(x, low, high, step="post", color=color, alpha=0.2, linewidth=0)
     ax.set_xscale("log")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from da2_platform.ledger import CostLedger, LedgerRow
-from da2_platform.report import band_across_seeds, build_seeds_report, plot_seeds_report
+from da2_platform.report import SeedsReport, band_across_seeds, build_seeds_report, plot_seeds_report
 
 
 def row(method: str, trial: str, hours: float, ap: float, end: str) -> LedgerRow:
@@ -53,9 +53,18 @@ def test_seeds_report_gives_means_spreads_and_ratios_to_da2():
 def test_band_across_seeds_is_the_range_of_the_best_so_far_curves():
     x, mean, low, high = band_across_seeds([[(1.0, 0.2), (3.0, 0.5)], [(2.0, 0.4)]], points=5)
     at = {round(float(h), 6): (float(m), float(lo), float(hi)) for h, m, lo, hi in zip(x, mean, low, high)}
-    assert at[1.0] == (0.2, 0.2, 0.2)  # only seed 0 has a trial by then
+    assert min(at) == 2.0  # from where both seeds have a trial: before, a mean of seed 0 alone would then fall
     assert at[2.0] == pytest.approx((0.3, 0.2, 0.4))
     assert at[3.0] == pytest.approx((0.45, 0.4, 0.5))
+    # a best-so-far mean never falls, even when the weaker seed ends later (seed 1 here: one trial at 5.0)
+    _, mean, _, _ = band_across_seeds([[(1.0, 0.5), (2.0, 0.6)], [(5.0, 0.1)]], points=9)
+    assert len(mean) and (mean[1:] >= mean[:-1]).all() and mean[0] == pytest.approx(0.35)
+
+
+def test_a_saved_seeds_report_reads_back_as_it_was():
+    report = build_seeds_report({0: SEED0, 1: SEED1}, "hand")
+    again = SeedsReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert again == report and plot_seeds_report(again)[:4] == b"\x89PNG"
 
 
 def test_the_plot_uses_no_pyplot_state():
