@@ -4,6 +4,8 @@ gradient is reused between refreshes when asked."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -116,7 +118,7 @@ def test_val_gradient_is_recomputed_every_n_d_steps(synthpose_small, tmp_path, e
         losses.append(search.step().val_loss)
         policies.append(torch.cat([p.detach().flatten() for p in search.policy.parameters()]))
     assert len(calls) == 4 // every
-    assert all(not torch.equal(a, b) for a, b in zip(policies, policies[1:]))
+    assert all(not torch.equal(a, b) for a, b in pairwise(policies))
     if every == 2:
         assert losses[0] == losses[1] and losses[2] == losses[3] and losses[1] != losses[2]
     else:
