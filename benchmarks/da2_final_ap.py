@@ -41,6 +41,8 @@ VARIANTS = {"flip_val": {"val_flip_test": True}, "plain_val": {"val_flip_test": 
             "flip_val_300steps": {"val_flip_test": True, "steps": 300},
             "plain_val_300steps": {"val_flip_test": False, "steps": 300},
             "flip_val_draws2": {"val_flip_test": True, "draws_per_image": 2},
+            # the val gradient refreshed every 16th d step (the val pass is a d step's largest cost)
+            "flip_val_300steps_valgrad16": {"val_flip_test": True, "steps": 300, "val_grad_every": 16},
             # one pass: the search runs the final training's schedule and its own network is the result
             "one_pass": {"val_flip_test": True, "one_pass": True}}
 SENSITIVITY = Path("benchmarks/results/policy_sensitivity.json")
