@@ -8,12 +8,13 @@ MLflow run ids) and its own final trainings, never an earlier search's rows of t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from da2_platform.config import ExperimentConfig
-from da2_platform.ledger import CostLedger, LedgerRow
+from da2_platform.ledger import CostLedger, LedgerRow, utc_now
 from da2_platform.search.driver import SearchOutcome, run_search
 from da2_platform.search.methods import job_factory
 
@@ -241,10 +242,6 @@ def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) ->
 
 def one_pass_row(cfg: ExperimentConfig, outcome: SearchOutcome) -> LedgerRow:
     """The final row of a one-pass search: its own network's val AP, no device time of its own."""
-    import json
-
-    from da2_platform.ledger import utc_now
-
     best = max((r for r in outcome.trials if r.status == "completed"), key=lambda r: r.val_ap, default=None)
     now = utc_now()
     return LedgerRow(experiment=cfg.name, method=f"final:{outcome.method}",

@@ -157,6 +157,12 @@ class DA2Config(_Section):
     top_n: int = Field(5, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0])  # one Ray Tune trial per seed
 
+    @model_validator(mode="after")
+    def _val_grad_every_needs_score(self) -> DA2Config:
+        if self.val_grad_every > 1 and self.estimator != "score":
+            raise ValueError("val_grad_every: reusing the val gradient is built for estimator 'score' only")
+        return self
+
 
 class DiscreteSearchConfig(_Section):
     """Shared by RL, Optuna and PBA: K sub-policies of N ops, p in 11 bins, m in 10 bins."""

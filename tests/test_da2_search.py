@@ -123,3 +123,10 @@ def test_val_gradient_is_recomputed_every_n_d_steps(synthpose_small, tmp_path, e
         assert losses[0] == losses[1] and losses[2] == losses[3] and losses[1] != losses[2]
     else:
         assert len(set(losses)) == 4
+
+
+def test_val_gradient_reuse_is_refused_for_the_relaxed_estimator():
+    from da2_platform.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="search.da2: .*val_grad_every: .*estimator 'score' only"):
+        load_config(None, {"search.da2.val_grad_every": 4, "search.da2.estimator": "relaxed"})

@@ -19,7 +19,7 @@ import torch
 from da2_platform.config import ExperimentConfig
 from da2_platform.data.heatmaps import flip_heatmaps_back, render_heatmaps
 from da2_platform.data.topdown import TopDownDataset
-from da2_platform.errors import ConfigError, TrainingError
+from da2_platform.errors import TrainingError
 from da2_platform.files import write_bytes_atomic
 from da2_platform.inference import evaluate_model
 from da2_platform.search.bilevel import BilevelStep, ScoreStep
@@ -73,8 +73,6 @@ def make_da2_step(cfg: ExperimentConfig, model: torch.nn.Module, policy: Relaxed
     if flip_val and flip_pairs is None:
         raise ValueError("the flip-test val objective needs the dataset's flip pairs")
     val_loss = make_batch_loss(loss_fn, cfg, device, flip_pairs) if flip_val else loss
-    if sc.val_grad_every > 1 and sc.estimator != "score":
-        raise ConfigError("search.da2.val_grad_every: reusing the val gradient is built for estimator 'score' only")
     if sc.estimator == "score":
         trainer = TrainingStep(model, loss_fn, w_opt, cfg.train, cfg.data.input_size, device,
                                sigma=cfg.data.heatmap_sigma)
