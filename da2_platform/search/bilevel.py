@@ -181,7 +181,7 @@ class ScoreStep:
         # recomputes it at its first d step
         self.val_grad_every = val_grad_every
         self._d_steps = 0
-        self._val_grad: tuple[list[torch.Tensor], float] | None = None
+        self._val_grad: tuple[list[torch.Tensor], float, torch.Tensor] | None = None
 
     def w_step(self, aug: PoseBatch) -> torch.Tensor:
         """Update w on the (already augmented) batch with the shared training step (the one every training
@@ -194,8 +194,7 @@ class ScoreStep:
         returns (r [B], L_val(w'), eps). Weights and batch-norm buffers are restored afterwards."""
         buffers = _save_buffers(self.model)
         w_after = [p.detach().clone() for p in self.weights]
-        g_val, val_loss = self.val_gradient(val)
-        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in g_val))
+        g_val, val_loss, norm = self.val_gradient(val)
         eps = (0.01 / norm).item()
         plus = self._losses_at(w_before, g_val, +eps, aug)
         if self.mode == "central":
@@ -206,8 +205,9 @@ class ScoreStep:
         _restore_buffers(self.model, buffers)
         return r, val_loss, eps
 
-    def val_gradient(self, val: PoseBatch) -> tuple[list[torch.Tensor], float]:
-        """grad_w' L_val at the current weights and L_val: fresh every `val_grad_every` d steps, else the last."""
+    def val_gradient(self, val: PoseBatch) -> tuple[list[torch.Tensor], float, torch.Tensor]:
+        """(grad_w' L_val at the current weights, L_val, the gradient's norm): fresh every `val_grad_every` d steps,
+        else the last."""
         fresh = self._val_grad is None or self._d_steps % self.val_grad_every == 0
         self._d_steps += 1
         if not fresh:
@@ -219,7 +219,7 @@ class ScoreStep:
         norm = torch.sqrt(sum((g.float() ** 2).sum() for g in g_val))
         if not torch.isfinite(norm) or norm == 0:
             raise TrainingError(f"DA2 step {self.step_count}: val gradient norm is {norm.item()}")
-        self._val_grad = (g_val, val_loss.item())
+        self._val_grad = (g_val, val_loss.item(), norm)
         return self._val_grad
 
     @torch.no_grad()

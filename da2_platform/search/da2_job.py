@@ -222,17 +222,16 @@ def da2_trainable(config: dict, settings: dict) -> None:
             continue
         metrics = {"step": step, "train_loss": stats.train_loss, "resumed_from_step": resumed_from}
         if search.done:
-            coco = evaluate_model(search.model, Path(settings["eval_annotations"]), Path(settings["eval_images"]),
-                                  cfg.data.input_size, device, flip_test=cfg.train.flip_test,
-                                  decoder=cfg.train.decoder, batch_size=cfg.train.eval_batch_size)
-            metrics.update(val_ap=coco["AP"], policy_json=search.learned_policy().to_json(), complete=True,
+            def ap_on(split: str) -> float:
+                return evaluate_model(search.model, Path(settings[f"{split}_annotations"]),
+                                      Path(settings[f"{split}_images"]), cfg.data.input_size, device,
+                                      flip_test=cfg.train.flip_test, decoder=cfg.train.decoder,
+                                      batch_size=cfg.train.eval_batch_size)["AP"]
+
+            metrics.update(val_ap=ap_on("eval"), policy_json=search.learned_policy().to_json(), complete=True,
                            curves_json=search.curves_json())
             if sc.one_pass:  # the network is the trained model: scored on val, which the search never used
-                held_out = evaluate_model(search.model, Path(settings["holdout_annotations"]),
-                                          Path(settings["holdout_images"]), cfg.data.input_size, device,
-                                          flip_test=cfg.train.flip_test, decoder=cfg.train.decoder,
-                                          batch_size=cfg.train.eval_batch_size)
-                metrics["one_pass_val_ap"] = held_out["AP"]
+                metrics["one_pass_val_ap"] = ap_on("holdout")
         metrics.update(clock.report())  # evaluation time counts too
         with tempfile.TemporaryDirectory() as tmp:
             search.save(Path(tmp) / STATE_FILE, clock.wall())
