@@ -34,17 +34,23 @@ from da2_platform.search.da2_job import DA2Search
 from search_spaces.policy import Policy
 
 # DA2Config overrides; val_flip_test None (follow train.flip_test) is the default, so flip_val is what the config runs
-# at its own steps
-VARIANTS = {"flip_val": {"val_flip_test": True}, "plain_val": {"val_flip_test": False},
-            "flip_val_lr0.2": {"val_flip_test": True, "policy_lr": 0.2},
-            "plain_val_lr0.2": {"val_flip_test": False, "policy_lr": 0.2},
-            "flip_val_300steps": {"val_flip_test": True, "steps": 300},
-            "plain_val_300steps": {"val_flip_test": False, "steps": 300},
-            "flip_val_draws2": {"val_flip_test": True, "draws_per_image": 2},
+# at its own steps. The variants measured before the policy lr rule (policy_lr None: 0.05 * sqrt(300 / d updates), which is
+# 0.05 at 300) and the exploring sub-policy draw (explore 0.2) pin what they ran with (OLD_D), so a rerun reproduces them
+OLD_D = {"policy_lr": 0.05, "pi_lr_scale": 1.0, "explore": 0.0}
+VARIANTS = {"flip_val": {"val_flip_test": True, **OLD_D}, "plain_val": {"val_flip_test": False, **OLD_D},
+            "flip_val_lr0.2": {"val_flip_test": True, "policy_lr": 0.2, "pi_lr_scale": 1.0},
+            "plain_val_lr0.2": {"val_flip_test": False, "policy_lr": 0.2, "pi_lr_scale": 1.0},
+            "flip_val_300steps": {"val_flip_test": True, "steps": 300, **OLD_D},
+            "plain_val_300steps": {"val_flip_test": False, "steps": 300, **OLD_D},
+            "flip_val_draws2": {"val_flip_test": True, "draws_per_image": 2, **OLD_D},
             # the val gradient refreshed every 16th d step (the val pass is a d step's largest cost)
-            "flip_val_300steps_valgrad16": {"val_flip_test": True, "steps": 300, "val_grad_every": 16},
+            "flip_val_300steps_valgrad16": {"val_flip_test": True, "steps": 300, "val_grad_every": 16, **OLD_D},
             # one pass: the search runs the final training's schedule and its own network is the result
-            "one_pass": {"val_flip_test": True, "one_pass": True}}
+            "one_pass": {"val_flip_test": True, "one_pass": True, **OLD_D},
+            # pi's lr at 0.2 of the policy lr (the policy lr 0.05 at 300 steps either way)
+            "flip_val_300steps_pi0.2": {"val_flip_test": True, "steps": 300, "pi_lr_scale": 0.2, "explore": 0.0},
+            # today's defaults: a fifth of the sub-policy draws uniform (importance-weighted)
+            "flip_val_300steps_explore0.2": {"val_flip_test": True, "steps": 300, "explore": 0.2}}
 SENSITIVITY = Path("benchmarks/results/policy_sensitivity.json")
 
 

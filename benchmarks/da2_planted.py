@@ -39,7 +39,7 @@ from da2_platform.data.synthpose import write_synthpose
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.files import write_json_atomic
 from da2_platform.search.bilevel import BilevelStep, ScoreStep
-from da2_platform.search.da2_job import make_da2_step
+from da2_platform.search.da2_job import make_da2_step, make_policy_optimizer, policy_lr
 from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
 from da2_platform.training.loop import build_model
 from da2_platform.training.step import make_optimizer
@@ -141,7 +141,7 @@ class Run:
         slots = op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed, design=sc.slot_design)
         self.policy = RelaxedPolicy(slots, flip_pairs, tau1=sc.tau1, tau2=sc.tau2, hard=sc.hard_choice)
         self.w_opt = make_optimizer(self.model, cfg.train)
-        self.d_opt = torch.optim.Adam(self.policy.parameters(), lr=sc.policy_lr, betas=sc.policy_betas)
+        self.d_opt = make_policy_optimizer(self.policy, sc, sc.steps)
         self.step = make_da2_step(cfg, self.model, self.policy, self.w_opt, self.d_opt, torch.device("cpu"),
                                   flip_pairs=flip_pairs)
         self.noise = torch.Generator().manual_seed(cfg.seed)
@@ -159,7 +159,10 @@ class Run:
                         "pi": float(sum(pi[k] for k in {k for k, _ in held}))}
         for rank, op in enumerate(sorted(rows, key=lambda o: -rows[o]["mean_p"]), start=1):
             rows[op]["rank_by_p"] = rank
-        return {"ops": rows}
+        snap = self.policy.snapshot()
+        slots = [{"ops": list(slot), "pi": snap["pi"][k], "p": snap["p"][k], "m": snap["m"][k]}
+                 for k, slot in enumerate(self.policy.slots)]
+        return {"ops": rows, "sub_policies": slots}
 
 
 def batches(train: PoseBatch, val: PoseBatch, seed: int, batch: int, val_batch: int):
@@ -195,7 +198,7 @@ def d_ascent(step, train: PoseBatch, vals: dict, noise, normalise: bool) -> dict
     out = {}
     if isinstance(step, ScoreStep):
         train, groups = step.repeat_images(train)
-        choices = step.policy.sample_choices(noise, step.m_sigma)
+        choices = step.policy.sample_choices(noise, step.m_sigma, step.explore)
         aug = step.policy.apply_choices(train, choices, noise)
         w_before = [p.detach().clone() for p in step.weights]
         loss_at_w = step.w_step(aug)
@@ -253,6 +256,19 @@ def snr_mode(args, train, val_nat, val_pl, flip_pairs) -> dict:
     return result
 
 
+def verdict(result: dict) -> dict:
+    """The issue's test: the shifted op's planted-minus-natural gain in mean p, against the other ops' gains
+    (z in their standard deviations; met when z >= 2 and the op is in the planted run's top 3 by p)."""
+    op = result["shifted_op"]
+    gains = {o: result["planted"]["ops"][o]["mean_p"] - result["natural"]["ops"][o]["mean_p"]
+             for o in result["planted"]["ops"]}
+    others = np.array([g for o, g in gains.items() if o != op])
+    z = float((gains[op] - others.mean()) / others.std(ddof=1))
+    rank = result["planted"]["ops"][op]["rank_by_p"]
+    return {"gain": gains[op], "others_mean": float(others.mean()), "others_std": float(others.std(ddof=1)),
+            "z": z, "rank_by_p": rank, "met": bool(z >= 2 and rank <= 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, required=True)
@@ -279,10 +295,13 @@ def main() -> None:
         result["settings"] = {**SETTINGS, "threads": args.threads, "seed": args.seed}
     else:
         tables = paired_search(args, train, val_nat, val_pl, flip_pairs)
+        cfg_used = experiment_config(args.seed, steps=args.updates, **args.da2).search.da2
         result = {"shifted_op": SHIFTS[args.shift][0], "updates": args.updates,
                   "wall_seconds": time.perf_counter() - start, **tables,
                   "settings": {**SETTINGS, "threads": args.threads, "seed": args.seed,
-                               "da2": experiment_config(args.seed, **args.da2).search.da2.model_dump(mode="json")}}
+                               "da2": cfg_used.model_dump(mode="json"),
+                               "policy_lr_used": policy_lr(cfg_used, args.updates)}}
+        result["verdict"] = verdict(result)
     write_json_atomic(Path(args.out), result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("planted", "natural", "settings")}))
 

@@ -52,7 +52,7 @@ def main() -> None:
     for i in range(args.steps):
         batch = batches[i % len(batches)]
         noise = search.policy.sample_noise(batch.images.shape[0], search.generator)
-        choices = timed("policy draw", lambda n=noise: step.policy.sample_choices(n, step.m_sigma))
+        choices = timed("policy draw", lambda n=noise: step.policy.sample_choices(n, step.m_sigma, step.explore))
         aug = timed("policy augmentation", lambda b=batch, c=choices, n=noise: step.policy.apply_choices(b, c, n))
         w_before = [p.detach().clone() for p in step.weights]
         timed("w step (the plain step's work)", lambda a=aug: step.w_step(a))

@@ -145,7 +145,15 @@ class DA2Config(_Section):
     val_flip_test: bool | None = None
     val_batch_size: int | None = Field(None, ge=1)  # search-val batch of a d step; None: train.batch_size
     val_grad_every: int = Field(1, ge=1)  # score: recompute grad_w L_val every n d steps, reuse it in between
-    policy_lr: float = Field(0.05, gt=0)
+    # score: this share of sub-policy draws is uniform, the rest from pi (importance-weighted). Without it pi
+    # concentrated on one sub-policy and an op's other slots got no images, so their p froze (measured, README)
+    explore: float = Field(0.2, ge=0, lt=1)
+    # Adam moves a logit by about lr per d update, so noise alone walks it about lr*sqrt(T) in T updates while a
+    # steady signal drifts lr*T*SNR. None: 0.05 * sqrt(300 / T) for the search's T d updates (0.027 at 1,000), so chance moves a logit under one unit at any search length (search/da2_job.py, README)
+    policy_lr: float | None = Field(None, gt=0)
+    # pi's learning rate is the policy lr times this. 0.2 kept pi from starving an op's other slots in planted
+    # searches but cost 0.016-0.025 final AP on the testbed, where the policy gains by concentrating (README)
+    pi_lr_scale: float = Field(1.0, gt=0)
     policy_betas: tuple[float, float] = (0.9, 0.999)
     steps: int = Field(60, ge=1)
     # one pass (the paper's one-pass optimisation): the search runs the final training's schedule (train.epochs

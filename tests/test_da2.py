@@ -141,3 +141,28 @@ def test_learned_policy_is_a_valid_policy():
     from search_spaces.policy import Policy
 
     assert Policy.from_json(learned.to_json()) == learned
+
+
+def test_exploring_draws_reach_every_sub_policy_and_keep_the_gradient_unbiased():
+    """explore = e draws k from (1 - e) pi + e / K: a sub-policy that pi has all but dropped still gets about
+    e / K of the images, and the importance-weighted score-function gradient has the same expectation as the
+    gradient under pi itself (fixed advantages per sub-policy, 40,000 draws)."""
+    slots = op_slots(4, 2, 0)
+    policy = RelaxedPolicy(slots, [])
+    with torch.no_grad():
+        policy.pi_logits.copy_(torch.tensor([4.0, 0.0, 0.0, -4.0]))  # pi = 0.95, 0.017, 0.017, 0.0003
+    per_k = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    grads, counts = {}, {}
+    for explore in (0.0, 0.4):
+        noise = policy.sample_noise(40_000, torch.Generator().manual_seed(0))
+        choices = policy.sample_choices(noise, 0.5, explore)
+        counts[explore] = torch.bincount(choices.k, minlength=4).double() / 40_000
+        g_pi, g_p, _ = policy.log_prob_grads(choices, per_k[choices.k], 0.5)
+        grads[explore] = (g_pi / 40_000, g_p / 40_000)
+    assert choices.weight is not None and torch.all(choices.weight <= 1 / (1 - 0.4) + 1e-9)
+    assert counts[0.0][3] < 0.002 and counts[0.4][3] > 0.09  # the dropped sub-policy: 0.0003 -> 0.1 of the draws
+    pi = policy.pi().detach().double()
+    exact = pi * (per_k.double() - (pi * per_k.double()).sum())  # d E_pi[A(k)] / d logits
+    assert torch.allclose(grads[0.0][0], exact, atol=0.01)
+    assert torch.allclose(grads[0.4][0], exact, atol=0.01)
+    assert torch.allclose(grads[0.4][1], grads[0.0][1], atol=0.01)

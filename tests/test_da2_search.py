@@ -130,3 +130,30 @@ def test_val_gradient_reuse_is_refused_for_the_relaxed_estimator():
 
     with pytest.raises(ConfigError, match="search.da2: .*val_grad_every: .*estimator 'score' only"):
         load_config(None, {"search.da2.val_grad_every": 4, "search.da2.estimator": "relaxed"})
+
+
+@pytest.mark.parametrize(("one_pass", "da2", "updates"), [
+    (False, {}, 3), (False, {"steps": 12, "policy_update_every": 4}, 3), (True, {}, None)])
+def test_policy_lr_defaults_to_the_drift_rule_over_the_searchs_d_updates(synthpose_small, tmp_path, one_pass, da2,
+                                                                          updates):
+    """No policy_lr: 0.05 * sqrt(300 / d updates) for p and m, times pi_lr_scale for pi; the d updates are the
+    search's own (steps / policy_update_every, or the one-pass schedule's steps)."""
+    train, val = datasets(synthpose_small)
+    search = DA2Search(one_pass_config(tmp_path, synthpose_small, one_pass=one_pass, **da2), train, val,
+                       torch.device("cpu"))
+    updates = updates or search.total_steps
+    pi_group, pm_group = search.d_opt.param_groups
+    assert pi_group["params"] == [search.policy.pi_logits]
+    assert pm_group["params"] == [search.policy.p_logits, search.policy.m_logits]
+    assert pm_group["lr"] == pytest.approx(0.05 * (300 / updates) ** 0.5)
+    assert pi_group["lr"] == pytest.approx(pm_group["lr"] * search.cfg.search.da2.pi_lr_scale)
+
+
+def test_a_set_policy_lr_is_used_as_it_is(synthpose_small, tmp_path):
+    train, val = datasets(synthpose_small)
+    search = DA2Search(one_pass_config(tmp_path, synthpose_small, one_pass=False, policy_lr=0.3, pi_lr_scale=0.5),
+                       train, val, torch.device("cpu"))
+    assert [g["lr"] for g in search.d_opt.param_groups] == [pytest.approx(0.15), pytest.approx(0.3)]
+    testbed = DA2Search(one_pass_config(tmp_path, synthpose_small, one_pass=False, steps=300), train, val,
+                        torch.device("cpu"))
+    assert [g["lr"] for g in testbed.d_opt.param_groups] == [0.05, 0.05]  # exactly what the testbed ran with

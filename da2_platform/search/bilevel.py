@@ -164,7 +164,7 @@ class ScoreStep:
     def __init__(self, trainer: TrainingStep, policy: RelaxedPolicy, loss: Callable[..., torch.Tensor],
                  d_optimizer: torch.optim.Optimizer, hypergradient: str = "central", m_sigma: float = 0.5,
                  centre_p: bool = True, draws_per_image: int = 1, val_loss: Callable[..., torch.Tensor] | None = None,
-                 val_grad_every: int = 1):
+                 val_grad_every: int = 1, explore: float = 0.0):
         if hypergradient not in ("central", "forward"):
             raise ValueError(f"hypergradient must be 'central' or 'forward', not {hypergradient!r}")
         if draws_per_image < 1:
@@ -173,6 +173,7 @@ class ScoreStep:
         self.d_optimizer = d_optimizer
         self.mode, self.m_sigma, self.centre_p = hypergradient, m_sigma, centre_p
         self.draws_per_image = draws_per_image
+        self.explore = explore  # share of sub-policy draws from the uniform (RelaxedPolicy.sample_choices)
         self.val_loss = val_loss or loss  # the d objective: the val loss of the predictor as evaluation runs it
         self.weights = [p for p in self.model.parameters() if p.requires_grad]
         self.step_count = 0
@@ -267,7 +268,7 @@ class ScoreStep:
         start = time.perf_counter()
         self.step_count += 1
         train, groups = self.repeat_images(train)
-        choices = self.policy.sample_choices(noise, self.m_sigma)
+        choices = self.policy.sample_choices(noise, self.m_sigma, self.explore)
         aug = self.policy.apply_choices(train, choices, noise)
         if val is None:
             loss_at_w = self.w_step(aug)

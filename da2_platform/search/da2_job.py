@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from da2_platform.config import ExperimentConfig
+from da2_platform.config import DA2Config, ExperimentConfig
 from da2_platform.data.heatmaps import flip_heatmaps_back, render_heatmaps
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.errors import TrainingError
@@ -62,6 +62,33 @@ def make_batch_loss(loss_fn: P2NetLoss, cfg: ExperimentConfig, device: torch.dev
     return batch_loss
 
 
+# The policy lr's default scales as 1/sqrt(d updates T). Adam moves a logit by about lr per update, so noise alone
+# walks it about lr*sqrt(T) in T updates, while a steady signal of per-update SNR s drifts about lr*T*s. A fixed lr
+# let chance walk the logits of a 1,000-update planted search 1.6 units (p anywhere in 0.2-0.8), as far as the planted
+# op's signal could move p before saturating. The scaled lr holds the walk at 0.87 units at any length, and is exactly
+# the 0.05 that the testbed's 300-update searches (and its comparisons) ran with
+POLICY_LR_AT, POLICY_LR_REF_UPDATES = 0.05, 300
+
+
+def d_updates(sc: DA2Config, total_steps: int) -> int:
+    """How many d steps a search of `total_steps` w steps makes."""
+    return max(1, -(-total_steps // sc.policy_update_every))
+
+
+def policy_lr(sc: DA2Config, total_steps: int) -> float:
+    """`policy_lr` when set, else 0.05 * sqrt(300 / the search's d updates)."""
+    if sc.policy_lr is not None:
+        return sc.policy_lr
+    return POLICY_LR_AT * (POLICY_LR_REF_UPDATES / d_updates(sc, total_steps)) ** 0.5
+
+
+def make_policy_optimizer(policy: RelaxedPolicy, sc: DA2Config, total_steps: int) -> torch.optim.Adam:
+    """The d optimiser: Adam over (p, m) at the policy lr and over pi at the policy lr times pi_lr_scale."""
+    lr = policy_lr(sc, total_steps)
+    return torch.optim.Adam([{"params": [policy.pi_logits], "lr": lr * sc.pi_lr_scale},
+                             {"params": [policy.p_logits, policy.m_logits]}], lr=lr, betas=sc.policy_betas)
+
+
 def make_da2_step(cfg: ExperimentConfig, model: torch.nn.Module, policy: RelaxedPolicy, w_opt, d_opt,
                   device: torch.device, flip_pairs=None) -> BilevelStep | ScoreStep:
     """The configured d estimator around (model, policy, both optimisers). The val side scores the predictor
@@ -78,7 +105,7 @@ def make_da2_step(cfg: ExperimentConfig, model: torch.nn.Module, policy: Relaxed
                                sigma=cfg.data.heatmap_sigma)
         return ScoreStep(trainer, policy, loss, d_opt, hypergradient=sc.hypergradient, m_sigma=sc.m_sigma,
                          centre_p=sc.centre_p, draws_per_image=sc.draws_per_image, val_loss=val_loss,
-                         val_grad_every=sc.val_grad_every)
+                         val_grad_every=sc.val_grad_every, explore=sc.explore)
     return BilevelStep(model, policy, loss, w_opt, d_opt, zeta=sc.zeta or cfg.train.lr,
                        hypergradient=sc.hypergradient, grad_clip=cfg.train.grad_clip, normalise=sc.normalise,
                        val_loss=val_loss)
@@ -132,14 +159,14 @@ class DA2Search:
                                     hard=sc.hard_choice).to(device)
         self.w_opt = make_optimizer(self.model, cfg.train)
         self.w_schedule = make_scheduler(self.w_opt, cfg.train)  # stepped per epoch in one-pass mode only
-        self.d_opt = torch.optim.Adam(self.policy.parameters(), lr=sc.policy_lr, betas=sc.policy_betas)
+        self.steps_per_epoch = len(epoch_loader(train_ds, cfg, 0))
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch if sc.one_pass else sc.steps
+        self.d_opt = make_policy_optimizer(self.policy, sc, self.total_steps)
         self.step_fn = make_da2_step(cfg, self.model, self.policy, self.w_opt, self.d_opt, device,
                                      flip_pairs=train_ds.flip_pairs)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.state = {"step": 0, "train_consumed": 0, "val_consumed": 0, "wall": 0.0, "curves": []}
         self.train_stream = BatchStream(train_ds, cfg, 0)
-        self.steps_per_epoch = len(epoch_loader(train_ds, cfg, 0))
-        self.total_steps = cfg.train.epochs * self.steps_per_epoch if sc.one_pass else sc.steps
         val_cfg = cfg if sc.val_batch_size is None else cfg.model_copy(
             update={"train": cfg.train.model_copy(update={"batch_size": sc.val_batch_size})})
         self.val_stream = BatchStream(val_ds, val_cfg, 0, salt=10_000)

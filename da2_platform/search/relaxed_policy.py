@@ -81,6 +81,8 @@ class PolicyChoices:
     on: torch.Tensor  # [B, N] float 0/1: the op gates
     m: torch.Tensor  # [B, N] magnitudes in (0, 1) actually applied
     z: torch.Tensor  # [B, N] the standard-normal perturbation of logit m behind `m`
+    # [B] pi(k) / q(k): importance weight of each draw when k came from the exploring mixture q (None: q = pi)
+    weight: torch.Tensor | None = None
 
 
 class RelaxedPolicy(nn.Module):
@@ -128,15 +130,26 @@ class RelaxedPolicy(nn.Module):
 
     # -- hard sampling (score-function estimator) ------------------------------------------------------------
     @torch.no_grad()
-    def sample_choices(self, noise: PolicyNoise, m_sigma: float) -> PolicyChoices:
-        """k ~ Cat(pi) (Gumbel-max), gate ~ Bernoulli(p), m = sigmoid(logit m + m_sigma z); all from `noise`."""
-        log_pi = F.log_softmax(self.pi_logits, dim=0)
-        k = (log_pi.cpu() + noise.gumbel.to(log_pi.dtype).cpu()).argmax(dim=1)
+    def sample_choices(self, noise: PolicyNoise, m_sigma: float, explore: float = 0.0) -> PolicyChoices:
+        """k ~ Cat(pi) (Gumbel-max), gate ~ Bernoulli(p), m = sigmoid(logit m + m_sigma z); all from `noise`.
+
+        explore > 0 draws k from q = (1 - explore) pi + explore / K instead, so every sub-policy keeps getting
+        images (and its p and m keep learning) however far pi concentrates; `weight` = pi(k) / q(k) then keeps
+        the score-function gradient an unbiased estimate of the gradient under pi."""
+        log_pi = F.log_softmax(self.pi_logits, dim=0).detach().cpu()
+        weight = None
+        if explore > 0:
+            pi = log_pi.exp()
+            q = (1 - explore) * pi + explore / pi.numel()
+            log_pi = q.log()
+        k = (log_pi + noise.gumbel.to(log_pi.dtype).cpu()).argmax(dim=1)
+        if explore > 0:
+            weight = pi[k] / q[k]
         p = self.p().detach().cpu()[k]
         on = (noise.bernoulli_u.cpu() < p).to(p.dtype)
         z = noise.m_noise.cpu().to(p.dtype) if noise.m_noise is not None else torch.zeros_like(p)
         m = torch.sigmoid(self.m_logits.detach().cpu()[k] + m_sigma * z)
-        return PolicyChoices(k=k, on=on, m=m, z=z)
+        return PolicyChoices(k=k, on=on, m=m, z=z, weight=weight)
 
     @torch.no_grad()
     def apply_choices(self, batch: PoseBatch, choices: PolicyChoices, noise: PolicyNoise) -> PoseBatch:
@@ -167,6 +180,8 @@ class RelaxedPolicy(nn.Module):
         d log N(logit m_i; logit m, s)/d logit m = z / s, counted only where the op was on (else m did nothing)."""
         kk, nn_ = self.num_sub_policies, self.ops_per_sub_policy
         a = advantage.detach().cpu().to(torch.float64)
+        if choices.weight is not None:  # k drawn from an exploring mixture: importance-weight each draw
+            a = a * choices.weight.to(torch.float64)
         pi = self.pi().detach().cpu().to(torch.float64)
         onehot = F.one_hot(choices.k, kk).to(torch.float64)
         g_pi = (a.view(-1, 1) * (onehot - pi)).sum(0)
