@@ -61,6 +61,7 @@ SETTINGS = {  # the benchmark's fixed recipe (small enough for one CPU thread)
 ESTIMATORS = {  # SNR mode: DA2Config overrides of each measured setting
     "relaxed": {"estimator": "relaxed", "normalise": True},
     "score": {"estimator": "score", "centre_p": False, "draws_per_image": 1},
+    "score_no_explore": {"estimator": "score", "centre_p": False, "draws_per_image": 1, "explore": 0.0},
     "score_2draws": {"estimator": "score", "centre_p": False, "draws_per_image": 2},
     "score_centred": {"estimator": "score", "centre_p": True, "draws_per_image": 1},
     "score_centred_2draws": {"estimator": "score", "centre_p": True, "draws_per_image": 2},
