@@ -264,10 +264,11 @@ def verdict(result: dict) -> dict:
     gains = {o: result["planted"]["ops"][o]["mean_p"] - result["natural"]["ops"][o]["mean_p"]
              for o in result["planted"]["ops"]}
     others = np.array([g for o, g in gains.items() if o != op])
-    z = float((gains[op] - others.mean()) / others.std(ddof=1))
+    mean, std = float(others.mean()), float(others.std(ddof=1))
+    z = (gains[op] - mean) / std
     rank = result["planted"]["ops"][op]["rank_by_p"]
-    return {"gain": gains[op], "others_mean": float(others.mean()), "others_std": float(others.std(ddof=1)),
-            "z": z, "rank_by_p": rank, "met": bool(z >= 2 and rank <= 3)}
+    return {"gain": gains[op], "others_mean": mean, "others_std": std, "z": z, "rank_by_p": rank,
+            "met": bool(z >= 2 and rank <= 3)}
 
 
 def main() -> None:
