@@ -31,7 +31,6 @@ import json
 import math
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -583,7 +582,7 @@ class SectionRunner:
             cap = min(self.plan.caps[name], self._left() + (time.perf_counter() - started_at if started_at else 0))
             over_cap = started_at is not None and time.perf_counter() - started_at > cap
             if over_cap or self._left() <= 0:
-                _stop_group(proc)
+                _stop_worker(proc)
                 seconds = time.perf_counter() - started_at if started_at else 0.0
                 why = f"stopped after its cap of {cap:.0f} s" if over_cap else "stopped: the run's budget ran out"
                 self._record(name, {"status": "timeout", "error": why, "seconds": round(seconds, 1),
@@ -600,20 +599,16 @@ class SectionRunner:
         return pending
 
 
-def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM the worker's whole process group, then SIGKILL whatever is left of it: a `da2` child that outlives
-    its worker (Ray traps SIGTERM) is in the same group and must not run on."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-        if sig == signal.SIGTERM:
-            time.sleep(1.0)  # let the group's other members act on SIGTERM before the SIGKILL
+def _stop_worker(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM everything the worker started (its session: a `da2` child that outlives its worker, its local Ray
+    and Ray's workers, which sit in process groups of their own), then SIGKILL whatever is left of it."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from da2_platform.procs import stop_session
+
+    left = stop_session(proc, grace_s=grace_s)
+    if left:
+        print(f"gpu_check: processes {left} outlived SIGKILL", file=sys.stderr)
 
 
 def _machine() -> dict:
