@@ -24,14 +24,14 @@ def session_members(sid: int) -> list[int]:
             continue
         pid = int(entry.name)
         try:
-            if os.getsid(pid) == sid and _alive(pid):
+            if os.getsid(pid) == sid and alive(pid):
                 members.append(pid)
         except OSError:  # gone since the listing
             continue
     return members
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """`pid` exists and is not a zombie (a zombie has exited: it only waits for its parent to read its status)."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()

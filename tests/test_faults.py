@@ -45,7 +45,7 @@ def start(args: list[str], workdir: Path, tag: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop_group(proc: subprocess.Popen) -> None:
+def stop_all(proc: subprocess.Popen) -> None:
     """The driver and everything it started: its session (Ray's workers have process groups of their own)."""
     assert stop_session(proc, grace_s=0.0) == []
 
@@ -64,7 +64,7 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 480) -> None:
     try:
         proc.wait(timeout=timeout)
     finally:
-        stop_group(proc)  # whatever Ray left behind
+        stop_all(proc)  # whatever Ray left behind
     assert proc.returncode == 0, log.read_text()[-4000:]
 
 
@@ -85,7 +85,7 @@ def test_driver_killed_while_recording_then_resumed_counts_each_trial_once(synth
                  "ledger row")
         os.kill(proc.pid, signal.SIGKILL)  # the driver, the moment its first trial is recorded
     finally:
-        stop_group(proc)
+        stop_all(proc)
     first_rows = ledger.rows()
     assert len(first_rows) >= 1
     client = client_for(workdir)
@@ -143,7 +143,7 @@ def test_worker_killed_mid_trial_is_retried_and_the_ledger_marks_it(synthpose_sm
         os.kill(worker, signal.SIGKILL)  # the Ray worker running the trial, mid-trial
         proc.wait(timeout=300)
     finally:
-        stop_group(proc)
+        stop_all(proc)
     assert proc.returncode == 0, log.read_text()[-4000:]
     rows = CostLedger.for_experiment(workdir, "faults").rows()
     assert len(rows) == 1 and rows[0].status == "completed" and rows[0].steps == 90

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from da2_platform.procs import session_members, stop_session
+from da2_platform.procs import alive, session_members, stop_session
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads sessions from /proc (Linux)")
 
@@ -32,14 +33,6 @@ time.sleep(600)
 """
 
 
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
 def test_a_grandchild_in_its_own_process_group_is_stopped_with_the_session(tmp_path):
     pid_file = tmp_path / "grandchild.pid"
     proc = subprocess.Popen([sys.executable, "-c", LEADER, str(pid_file), GRANDCHILD], start_new_session=True)
@@ -58,7 +51,7 @@ def test_a_grandchild_in_its_own_process_group_is_stopped_with_the_session(tmp_p
         assert session_members(proc.pid) == []
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, 9)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
