@@ -60,12 +60,13 @@ class PBAExplore:
 
 
 def make_pba(space: DiscreteSpace, seed: int, metric: str = "val_ap", mode: str = "max",
-             resample_probability: float = 0.2, max_shift: int = 3, quantile_fraction: float = 0.25
-             ) -> tuple[PopulationBasedTraining, dict]:
+             resample_probability: float = 0.2, max_shift: int = 3, quantile_fraction: float = 0.25,
+             perturbation_interval: int = 3) -> tuple[PopulationBasedTraining, dict]:
     """The PBT scheduler with PBA's explore, and the Tuner's param_space of seeded random starting decisions."""
     random.seed(seed)  # PBT picks exploit targets with Python's global `random`; it takes no seed of its own
     pbt = PopulationBasedTraining(time_attr="training_iteration", metric=metric, mode=mode,
-                                  perturbation_interval=1, quantile_fraction=quantile_fraction,
+                                  perturbation_interval=perturbation_interval,
+                                  quantile_fraction=quantile_fraction,
                                   custom_explore_fn=PBAExplore(space, seed, resample_probability, max_shift))
     rng = torch.Generator().manual_seed(seed)
     sizes = space.decisions_per_op()
@@ -94,7 +95,8 @@ def make_pba_job(cfg: ExperimentConfig, data) -> TuneJob:
     from da2_platform.search.driver import TuneJob
 
     sc = cfg.search.pba
-    pbt, start = make_pba(discrete_space(sc, cfg.search.include_flip), seed=cfg.seed)
+    pbt, start = make_pba(discrete_space(sc, cfg.search.include_flip), seed=cfg.seed,
+                          perturbation_interval=sc.perturbation_interval)
 
     def artifacts(results: list[dict]) -> dict[str, bytes]:
         schedule = best_schedule(results)
@@ -107,7 +109,7 @@ def make_pba_job(cfg: ExperimentConfig, data) -> TuneJob:
         tune_config={"scheduler": pbt, "num_samples": sc.trials, "max_concurrent_trials": sc.concurrent,
                      "time_budget_s": sc.time_budget_s},
         search_params=search_params(cfg, sc, scheduler="PopulationBasedTraining", explore="PBA (resample 0.2, "
-                                    "shift p/m by 0-3 bins)"),
+                                    "shift p/m by 0-3 bins)", perturbation_interval=sc.perturbation_interval),
         artifacts=artifacts,
         keep_checkpoints=None,
         expected_trials=sc.trials,

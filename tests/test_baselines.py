@@ -28,7 +28,8 @@ def test_one_job_builder_per_method_from_baselines():
     from da2_platform.search.da2_job import make_da2_job
     from search_spaces.policy import PolicyError
 
-    assert methods.job_factory("da2") is make_da2_job
+    for name in ("da2", "da2:score"):  # one builder; the name picks the estimator
+        assert methods.job_factory(name).func is make_da2_job and methods.job_factory(name).keywords == {"method": name}
     assert methods.job_factory("rl") is make_rl_job
     assert methods.job_factory("optuna") is make_optuna_job
     assert methods.job_factory("pba") is make_pba_job

@@ -18,15 +18,16 @@ def make_rl_job(cfg: ExperimentConfig, data) -> TuneJob:
     from da2_platform.search.driver import TuneJob
 
     sc = cfg.search.rl
+    # one PPO step per `ppo_batch` rewards, independent of how many children run at once
     searcher = RLAutoAugmentSearcher(discrete_space(sc, cfg.search.include_flip), metric="val_ap", mode="max",
-                                     batch_size=max(1, sc.concurrent), seed=cfg.seed)
+                                     batch_size=sc.ppo_batch, seed=cfg.seed)
     return TuneJob(
         method="rl",
         trainable=tune.with_parameters(child_trainable, settings=child_settings(cfg, data, sc, sc.child_steps)),
         param_space={},
         tune_config={"search_alg": searcher, "num_samples": sc.trials, "max_concurrent_trials": sc.concurrent,
                      "metric": "val_ap", "mode": "max", "time_budget_s": sc.time_budget_s},
-        search_params=search_params(cfg, sc, controller="LSTM-100 + PPO", ppo_batch=max(1, sc.concurrent)),
+        search_params=search_params(cfg, sc, controller="LSTM-100 + PPO"),
         expected_trials=sc.trials,
         allow_partial=sc.time_budget_s is not None,
     )

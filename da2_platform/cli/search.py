@@ -36,7 +36,7 @@ def search(
     from da2_platform.search.methods import job_factory
 
     check_flags(resume, fresh)
-    if one_pass and method != "da2":
+    if one_pass and method not in ("da2", "da2:score"):
         raise ConfigError(f"--one-pass: only DA2 trains its network while it searches; --method is {method}")
     cfg = load_config(config, {"workdir": str(workdir)} if workdir else None)
     if one_pass:

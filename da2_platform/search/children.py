@@ -112,7 +112,8 @@ def child_settings(cfg: ExperimentConfig, data, sc: DiscreteSearchConfig | None,
 
     space = None if sc is None else {"num_sub_policies": sc.sub_policies, "ops_per_sub_policy": sc.ops_per_sub_policy,
                                      "op_names": list(searched_op_names(cfg.search.include_flip))}
-    return {**trial_settings(cfg, data), "space": space, "child_steps": child_steps}
+    evals = {} if sc is None else {"evals": sc.evals}
+    return {**trial_settings(cfg, data), "space": space, "child_steps": child_steps, **evals}
 
 
 def search_params(cfg: ExperimentConfig, sc: DiscreteSearchConfig | None, **extra) -> dict:

@@ -212,7 +212,8 @@ class DA2Search:
         return stats
 
     def learned_policy(self):
-        return self.policy.to_policy({"method": "da2", "seed": self.cfg.seed, "steps": self.state["step"],
+        method = next(m for m, e in DA2_METHODS.items() if e == self.cfg.search.da2.estimator)
+        return self.policy.to_policy({"method": method, "seed": self.cfg.seed, "steps": self.state["step"],
                                       **({"one_pass": True} if self.cfg.search.da2.one_pass else {})})
 
     def curves_json(self) -> str:
@@ -288,12 +289,27 @@ def da2_trainable(config: dict, settings: dict) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def make_da2_job(cfg: ExperimentConfig, data) -> TuneJob:
+# the two DA2 methods, named apart everywhere (search, compare, report, ledger, registry), and their estimators:
+# `da2` is the paper's relaxed estimator (Eq. 3-12), `da2:score` the score-function variant
+DA2_METHODS: dict[str, str] = {"da2": "relaxed", "da2:score": "score"}
+
+
+def da2_method_config(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
+    """`cfg` with `search.da2.estimator` set by the method's name (the name decides; the field follows it)."""
+    if method not in DA2_METHODS:
+        raise ValueError(f"not a DA2 method: {method!r}; DA2 methods: {', '.join(DA2_METHODS)}")
+    da2 = cfg.search.da2.model_copy(update={"estimator": DA2_METHODS[method]})
+    return cfg.model_copy(update={"search": cfg.search.model_copy(update={"da2": da2})})
+
+
+def make_da2_job(cfg: ExperimentConfig, data, method: str = "da2") -> TuneJob:
+    """The Tune job of `da2` (the paper's relaxed estimator) or `da2:score` (the score-function variant)."""
     from ray import tune
 
     from da2_platform.search.curves import plot_policy_curves
     from da2_platform.search.driver import TuneJob, trial_settings
 
+    cfg = da2_method_config(cfg, method)
     sc = cfg.search.da2
 
     def artifacts(results: list[dict]) -> dict[str, bytes]:
@@ -310,7 +326,7 @@ def make_da2_job(cfg: ExperimentConfig, data) -> TuneJob:
     if sc.one_pass:
         settings.update(holdout_annotations=str(data.val_annotations), holdout_images=str(data.val_images))
     return TuneJob(
-        method="da2",
+        method=method,
         trainable=tune.with_parameters(da2_trainable, settings=settings),
         param_space={"seed": tune.grid_search(list(sc.seeds))},
         tune_config={"max_concurrent_trials": max(1, len(sc.seeds))},

@@ -11,15 +11,17 @@ from collections.abc import Callable
 
 from da2_platform.errors import ConfigError
 
-METHODS = ("da2", "rl", "optuna", "pba", "fixed:NAME")
+METHODS = ("da2", "da2:score", "rl", "optuna", "pba", "fixed:NAME")
 
 
 def job_factory(method: str) -> Callable:
     """The job builder `(cfg, data) -> TuneJob` of a method; an unknown method or fixed policy fails here."""
-    if method == "da2":
+    if method in ("da2", "da2:score"):  # the paper's relaxed estimator, and the score-function variant
+        from functools import partial
+
         from da2_platform.search.da2_job import make_da2_job
 
-        return make_da2_job
+        return partial(make_da2_job, method=method)
     if method == "rl":
         from baselines.rl_autoaugment.job import make_rl_job
 

@@ -30,14 +30,19 @@ from search_spaces.ops import OPS, SEARCH_SPACE_NAME, apply_op, searched_op_name
 from search_spaces.policy import OpSetting, Policy, SubPolicy
 
 
-def op_slots(num_sub_policies: int, ops_per_sub_policy: int, seed: int,
+def op_slots(num_sub_policies: int | None, ops_per_sub_policy: int, seed: int,
              op_names: tuple[str, ...] = searched_op_names(), design: str = "random") -> list[tuple[str, ...]]:
-    """Which ops each sub-policy holds: K distinct ordered tuples of distinct ops, drawn with the config's seed.
+    """Which ops each sub-policy holds.
 
-    When K covers every tuple (e.g. K >= 18*17 for N=2) the whole space is searched, as in the paper.
+    `num_sub_policies` None (DA2's default): every unordered N-tuple of distinct ops, in registry order (C(17, 2)
+    = 136 pairs of the searched ops), as DADA searches all pairs of its ops, so every policy a baseline can return
+    is reachable. A number K: K distinct ordered tuples of distinct ops, drawn with the config's seed; when K
+    covers every ordered tuple (e.g. K >= 17*16 for N=2) all of them.
     `design="balanced"` deals the K*N slots so every op appears floor(K*N/|ops|) or one more times (a random
     draw of 24 pairs from 18 ops leaves some ops out entirely, and a search cannot pick an op it never holds).
     """
+    if num_sub_policies is None:
+        return list(itertools.combinations(op_names, ops_per_sub_policy))
     if design not in ("random", "balanced"):
         raise ValueError(f"slot design must be 'random' or 'balanced', not {design!r}")
     combos = list(itertools.permutations(op_names, ops_per_sub_policy))
