@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -36,9 +35,6 @@ from da2_platform.training.step import (
 )
 from pose_models.losses import P2NetLoss
 from search_spaces.batch import PoseBatch
-
-if TYPE_CHECKING:
-    from da2_platform.search.driver import TuneJob
 
 STATE_FILE = "da2_state.pt"
 
@@ -263,37 +259,3 @@ def da2_trainable(config: dict, settings: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             search.save(Path(tmp) / STATE_FILE, clock.wall())
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-
-def make_da2_job(cfg: ExperimentConfig, data) -> TuneJob:
-    from ray import tune
-
-    from da2_platform.search.curves import plot_policy_curves
-    from da2_platform.search.driver import TuneJob, trial_settings
-
-    sc = cfg.search.da2
-
-    def artifacts(results: list[dict]) -> dict[str, bytes]:
-        files = {}
-        for r in results:
-            curves = r["metrics"].get("curves_json")
-            if curves:
-                seed = r["config"].get("seed")
-                files[f"curves/seed{seed}.json"] = curves.encode()
-                files[f"curves/seed{seed}.png"] = plot_policy_curves(json.loads(curves))
-        return files
-
-    settings = trial_settings(cfg, data)
-    if sc.one_pass:
-        settings.update(holdout_annotations=str(data.val_annotations), holdout_images=str(data.val_images))
-    return TuneJob(
-        method="da2",
-        trainable=tune.with_parameters(da2_trainable, settings=settings),
-        param_space={"seed": tune.grid_search(list(sc.seeds))},
-        tune_config={"max_concurrent_trials": max(1, len(sc.seeds))},
-        search_params={**sc.model_dump(mode="json"), "model": cfg.model.preset or cfg.model.backbone,
-                       "input_size": "x".join(map(str, cfg.data.input_size)), "batch_size": cfg.train.batch_size},
-        artifacts=artifacts,
-        expected_trials=len(sc.seeds),
-        model_file=STATE_FILE if sc.one_pass else None,
-    )
