@@ -14,17 +14,11 @@ Metric and mode live in the searcher and the scheduler; do not pass them to Tune
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.discrete import DiscreteSpace
-
-if TYPE_CHECKING:
-    from da2_platform.config import ExperimentConfig
-    from da2_platform.search.driver import TuneJob
 
 
 def optuna_param_space(space: DiscreteSpace) -> dict:
@@ -57,32 +51,3 @@ def make_asha(metric: str = "val_ap", mode: str = "max", max_t: int = 10, grace_
     """ASHA on training_iteration (one report per evaluation point): rungs at grace_period * reduction_factor^k."""
     return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
                          grace_period=grace_period, reduction_factor=reduction_factor)
-
-
-def make_optuna_job(cfg: ExperimentConfig, data) -> TuneJob:
-    """`da2 search --method optuna`: TPE + ASHA over the platform's child training."""
-    from da2_platform.search.children import (
-        child_settings,
-        child_trainable,
-        discrete_space,
-        search_params,
-    )
-    from da2_platform.search.driver import TuneJob
-
-    sc = cfg.search.optuna
-    space = discrete_space(sc, cfg.search.include_flip)
-    startup = startup_trials(sc.trials, sc.startup_trials)
-    return TuneJob(
-        method="optuna",
-        trainable=tune.with_parameters(child_trainable, settings=child_settings(cfg, data, sc, sc.child_steps)),
-        param_space=optuna_param_space(space),
-        tune_config={"search_alg": make_optuna_search(space, seed=cfg.seed, n_startup_trials=startup),
-                     "num_samples": sc.trials, "max_concurrent_trials": sc.concurrent,
-                     "time_budget_s": sc.time_budget_s,
-                     # rungs at evaluations 1, 2, 4, ... below sc.evals: at least two with the default 4
-                     "scheduler": make_asha(max_t=sc.evals, grace_period=1, reduction_factor=2)},
-        search_params=search_params(cfg, sc, sampler="TPE", scheduler="ASHA", bins="ordered integers",
-                                    n_startup_trials=startup),
-        expected_trials=sc.trials,
-        allow_partial=True,  # ASHA stops weak children before they complete
-    )

@@ -31,8 +31,8 @@ from da2_platform.data.topdown import TopDownDataset
 from da2_platform.files import write_json_atomic
 from da2_platform.inference import evaluate_model
 from da2_platform.search.children import child_fit, run_child
-from da2_platform.search.da2_job import DA2_METHODS, BatchStream, DA2Search, da2_method_config, with_targets
-from da2_platform.search.driver import trial_settings
+from da2_platform.search.da2 import DA2_METHODS, BatchStream, DA2Search, da2_method_config, with_targets
+from da2_platform.search.trial import trial_settings
 from da2_platform.training.loop import build_model, device_augment
 from da2_platform.training.step import TrainingStep, make_optimizer, seed_everything
 from pose_models.losses import P2NetLoss

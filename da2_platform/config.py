@@ -182,7 +182,7 @@ class DA2Config(_Section):
     explore: float = Field(0.2, ge=0, lt=1)
     # Adam moves a logit by about lr per d update, so noise alone walks it about lr*sqrt(T) in T updates while a
     # steady signal drifts lr*T*SNR. None: 0.05 * sqrt(300 / T) for the search's T d updates (0.027 at 1,000), so
-    # chance moves a logit under one unit at any search length (search/da2_job.py, README)
+    # chance moves a logit under one unit at any search length (search/da2.py, README)
     policy_lr: float | None = Field(None, gt=0)
     # pi's learning rate is the policy lr times this. 0.2 kept pi from starving an op's other slots in planted
     # searches but cost 0.016-0.025 final AP on the testbed, where the policy gains by concentrating (README)

@@ -12,7 +12,7 @@ import torch
 from da2_platform.config import load_config
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.errors import TrainingError
-from da2_platform.search.da2_job import DA2Search
+from da2_platform.search.da2 import DA2Search
 from da2_platform.training.loop import (
     CHECKPOINT_KIND,
     Fit,

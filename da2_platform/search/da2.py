@@ -13,7 +13,6 @@ import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -47,9 +46,6 @@ from da2_platform.training.step import (
 from pose_models.losses import P2NetLoss
 from search_spaces.batch import PoseBatch
 from search_spaces.ops import searched_op_names
-
-if TYPE_CHECKING:
-    from da2_platform.search.driver import TuneJob
 
 STATE_FILE = "da2_state.pt"
 
@@ -301,38 +297,3 @@ def da2_method_config(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
     da2 = cfg.search.da2.model_copy(update={"estimator": DA2_METHODS[method]})
     return cfg.model_copy(update={"search": cfg.search.model_copy(update={"da2": da2})})
 
-
-def make_da2_job(cfg: ExperimentConfig, data, method: str = "da2") -> TuneJob:
-    """The Tune job of `da2` (the paper's relaxed estimator) or `da2:score` (the score-function variant)."""
-    from ray import tune
-
-    from da2_platform.search.curves import plot_policy_curves
-    from da2_platform.search.driver import TuneJob, trial_settings
-
-    cfg = da2_method_config(cfg, method)
-    sc = cfg.search.da2
-
-    def artifacts(results: list[dict]) -> dict[str, bytes]:
-        files = {}
-        for r in results:
-            curves = r["metrics"].get("curves_json")
-            if curves:
-                seed = r["config"].get("seed")
-                files[f"curves/seed{seed}.json"] = curves.encode()
-                files[f"curves/seed{seed}.png"] = plot_policy_curves(json.loads(curves))
-        return files
-
-    settings = trial_settings(cfg, data)
-    if sc.one_pass:
-        settings.update(holdout_annotations=str(data.val_annotations), holdout_images=str(data.val_images))
-    return TuneJob(
-        method=method,
-        trainable=tune.with_parameters(da2_trainable, settings=settings),
-        param_space={"seed": tune.grid_search(list(sc.seeds))},
-        tune_config={"max_concurrent_trials": max(1, len(sc.seeds))},
-        search_params={**sc.model_dump(mode="json"), "model": cfg.model.preset or cfg.model.backbone,
-                       "input_size": "x".join(map(str, cfg.data.input_size)), "batch_size": cfg.train.batch_size},
-        artifacts=artifacts,
-        expected_trials=len(sc.seeds),
-        model_file=STATE_FILE if sc.one_pass else None,
-    )
