@@ -10,7 +10,7 @@ from search_spaces.policy import MAX_OPS_PER_SUB_POLICY, MAX_POLICY_BYTES, MAX_S
 
 # pixels a side
 MAX_INPUT_SIDE = 1024  # a network input or crop: the paper's largest is 384x288; 1024x1024 heatmap batches fit a GPU
-MAX_SYNTH_SIDE = 4096  # a SynthPose image: the renderer holds ~20 bytes a pixel (canvas, labels, float copies)
+MAX_SYNTH_SIDE = 4096  # a SynthPose image: rendering peaks at ~40 bytes a pixel (650 MB at 4096x4096)
 
 # counts
 MAX_SYNTH_IMAGES = 200_000  # per SynthPose split (COCO train2017 has 118,287 images); each split's JSON is in memory

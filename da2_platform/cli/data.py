@@ -39,7 +39,7 @@ def synth(
     from da2_platform.limits import MAX_SYNTH_SIDE
 
     size = parse_hw(image_size, "--image-size", maximum=MAX_SYNTH_SIDE,
-                    why="SynthPose renders about 20 bytes a pixel")
+                    why="rendering takes about 40 bytes a pixel")
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         tasks: dict[str, int] = {}
 
