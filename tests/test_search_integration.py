@@ -164,6 +164,7 @@ def test_interrupted_search_registers_nothing_and_its_resume_registers_once(synt
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 2, err[-3000:]
     assert "interrupted" in err and "--resume" in err
+    assert f"Continue it with: da2 search --method da2 --config {cfg} --resume" in err  # its own flags (issue 28)
     assert versions(client) == []  # a killed search leaves no version
     assert not (workdir / "ledger" / "itest.parquet").exists()
 
