@@ -173,9 +173,12 @@ class DA2Config(_Section):
     # difference through the relaxed policy; "score" = per-image alignment credits <grad_w l_i, grad_w L_val> with
     # a score-function gradient (the variant, see search/bilevel.py)
     estimator: Literal["score", "relaxed"] = "relaxed"
-    hypergradient: Literal["central", "forward"] = "central"  # Eq. 12 central difference, or the cheaper one-sided
+    # Eq. 12's central difference, or the one-sided one that reuses the w step's own grad_d L_train(w, d) (one pass
+    # fewer). Forward with a d step every 3rd w step puts a DA2 step at 1.8x a plain step of the same policy on the
+    # CPU benchmark (central, d every step: 4.5x; benchmarks/results/da2_cost.json)
+    hypergradient: Literal["central", "forward"] = "forward"
     slot_design: Literal["random", "balanced"] = "balanced"  # balanced: every op in (almost) equally many slots
-    policy_update_every: int = Field(1, ge=1)  # a d step after every n-th w step (1: every step)
+    policy_update_every: int = Field(3, ge=1)  # a d step after every n-th w step (1: every step)
     zeta: float | None = None  # relaxed: w step size in the unrolled term; None: the w learning rate
     normalise: bool = True  # relaxed: drop -zeta's size and divide the hypergradient by its RMS (Adam eps issue)
     centre_p: bool = False  # score: subtract the slot mean from the p gradient (measured worse: off)

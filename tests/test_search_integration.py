@@ -58,7 +58,7 @@ def test_da2_search_logs_mlflow_ledger_and_registers_a_candidate(synthpose_small
     client = client_for(uri)
     run = client.get_run(out["mlflow_run_id"])
     assert run.data.tags["da2.method"] == method and run.data.params["estimator"] == estimator
-    assert run.data.params["tau1"] == "0.5" and run.data.params["hypergradient"] == "central"
+    assert run.data.params["tau1"] == "0.5" and run.data.params["hypergradient"] == "forward"
     assert run.data.metrics["best_val_ap"] == pytest.approx(out["best_val_ap"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "policy")}
     assert {"policy/policy.json", "policy/policy_top.json"} <= artifacts
