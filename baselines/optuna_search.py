@@ -28,11 +28,20 @@ def optuna_param_space(space: DiscreteSpace) -> dict:
     return {name: domains[index % 3] for index, name in enumerate(space.param_names())}
 
 
-def make_optuna_search(space: DiscreteSpace, seed: int, metric: str = "val_ap", mode: str = "max") -> OptunaSearch:
+def startup_trials(trials: int, given: int | None = None) -> int:
+    """TPE's random start-up trials: `given`, or a third of the trials the search can afford (at most Optuna's
+    default 10, at least 1), so that TPE itself proposes most of them."""
+    if given is not None:
+        return given
+    return max(1, min(10, trials // 3))
+
+
+def make_optuna_search(space: DiscreteSpace, seed: int, metric: str = "val_ap", mode: str = "max",
+                       n_startup_trials: int = 10) -> OptunaSearch:
     """OptunaSearch with a seeded TPE sampler; the domains come from `optuna_param_space(space)` in the Tuner."""
     import optuna  # imported here: only this builder needs optuna's own classes
 
-    sampler = optuna.samplers.TPESampler(seed=seed)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
     study_name = f"discrete-{space.num_sub_policies}x{space.ops_per_sub_policy}-{len(space.op_names)}ops"
     return OptunaSearch(metric=metric, mode=mode, sampler=sampler, study_name=study_name)
 

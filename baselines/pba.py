@@ -55,12 +55,13 @@ class PBAExplore:
 
 
 def make_pba(space: DiscreteSpace, seed: int, metric: str = "val_ap", mode: str = "max",
-             resample_probability: float = 0.2, max_shift: int = 3, quantile_fraction: float = 0.25
-             ) -> tuple[PopulationBasedTraining, dict]:
+             resample_probability: float = 0.2, max_shift: int = 3, quantile_fraction: float = 0.25,
+             perturbation_interval: int = 3) -> tuple[PopulationBasedTraining, dict]:
     """The PBT scheduler with PBA's explore, and the Tuner's param_space of seeded random starting decisions."""
     random.seed(seed)  # PBT picks exploit targets with Python's global `random`; it takes no seed of its own
     pbt = PopulationBasedTraining(time_attr="training_iteration", metric=metric, mode=mode,
-                                  perturbation_interval=1, quantile_fraction=quantile_fraction,
+                                  perturbation_interval=perturbation_interval,
+                                  quantile_fraction=quantile_fraction,
                                   custom_explore_fn=PBAExplore(space, seed, resample_probability, max_shift))
     rng = torch.Generator().manual_seed(seed)
     sizes = space.decisions_per_op()

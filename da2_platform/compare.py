@@ -57,7 +57,6 @@ def expand_methods(methods: list[str], cfg: ExperimentConfig) -> list[str]:
     return out
 
 
-BUDGETED = ("rl", "optuna", "pba")  # the black-box searches; DA2 and the fixed policies have a fixed cost
 
 
 def seed_config(cfg: ExperimentConfig, seed: int, several: bool) -> ExperimentConfig:
@@ -96,11 +95,12 @@ def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: 
     control = SearchControl()
     done: dict[str, SearchOutcome] = {}
     say(f"searches: {', '.join(chosen)} side by side"
-        + (f", each black-box search capped at {budget_device_hours:g} device-hours" if budget_s else ""))
+        + (f", each under a budget of {budget_device_hours:g} device-hours (DA2 and fixed policies too)"
+           if budget_s else ""))
     try:
         with ThreadPoolExecutor(max_workers=len(chosen), thread_name_prefix="search") as pool:
             futures = {pool.submit(run_search, cfg, m, builders[m], tracking_uri=tracking_uri, resume=resume,
-                                   fresh=fresh, stopper=control.stopper(budget_s if m in BUDGETED else None)): m
+                                   fresh=fresh, stopper=control.stopper(budget_s)): m
                        for m in chosen}
             try:
                 for future in as_completed(futures):

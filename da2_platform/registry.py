@@ -41,12 +41,11 @@ def _client(tracking_uri: str | None = None):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from da2_platform.tracking import point_mlflow_at
+    from da2_platform.tracking import check_sqlite_store, point_mlflow_at
 
     uri = tracking_uri or mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise TrackingError(f"no MLflow store at {uri}: nothing was searched or registered with this work "
-                            "directory (give --workdir, --config or --tracking-uri)")
+    if uri.startswith("sqlite:///"):  # an existing MLflow store, read before MLflow may write its schema
+        check_sqlite_store(Path(uri.removeprefix("sqlite:///")), uri, read_only=True)
     try:
         if tracking_uri:
             point_mlflow_at(tracking_uri)
@@ -93,10 +92,12 @@ def register_policy(cfg: ExperimentConfig, policy: Policy, method: str, run_id: 
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
+    from da2_platform.names import check_name
+
     m = _REF.match(ref)
     if not m:
         raise TrackingError(f"{ref!r} is not a registry reference (models:/NAME@ALIAS or models:/NAME/VERSION)")
-    return m["name"], m["alias"], m["version"]
+    return check_name(m["name"], ref), m["alias"], m["version"]
 
 
 def resolve_version(ref: str, tracking_uri: str | None = None):
@@ -123,7 +124,10 @@ def fetch_registered_policy(ref: str, tracking_uri: str | None = None):
     except (MlflowException, OSError) as e:
         raise TrackingError(f"{ref} (version {mv.version}): cannot fetch {POLICY_FILE} from {mv.source}: "
                             f"{e}") from None
-    return Policy.load(local), mv
+    from da2_platform.files import read_input
+    from search_spaces.policy import MAX_POLICY_BYTES, PolicyError
+
+    return Policy.from_json(read_input(local, "policy file", MAX_POLICY_BYTES, PolicyError), source=ref), mv
 
 
 @dataclass

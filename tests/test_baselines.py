@@ -23,7 +23,9 @@ def test_one_spec_builder_per_method():
     from da2_platform.search import children, methods
     from search_spaces.policy import PolicyError
 
-    assert methods.spec_builder("da2") is methods.da2_spec
+    for name in ("da2", "da2:score"):  # one builder; the name picks the estimator
+        assert methods.spec_builder(name).func is methods.da2_spec
+        assert methods.spec_builder(name).keywords == {"method": name}
     assert methods.spec_builder("rl") is methods.rl_spec
     assert methods.spec_builder("optuna") is methods.optuna_spec
     assert methods.spec_builder("pba") is methods.pba_spec

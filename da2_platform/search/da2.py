@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,7 +25,16 @@ from da2_platform.inference import evaluate_model
 from da2_platform.search.bilevel import BilevelStep, ScoreStep
 from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
 from da2_platform.search.trial import TrialClock, limit_threads, trial_device
-from da2_platform.training.loop import FitState, build_model, checkpoint_bytes, epoch_loader, load_checkpoint
+from da2_platform.training.loop import (
+    FitState,
+    StepSeededAugment,
+    augmentation_seed,
+    build_model,
+    checkpoint_bytes,
+    epoch_loader,
+    load_checkpoint,
+    training_policy,
+)
 from da2_platform.training.step import (
     TrainingStep,
     autocast_for,
@@ -35,6 +45,7 @@ from da2_platform.training.step import (
 )
 from pose_models.losses import P2NetLoss
 from search_spaces.batch import PoseBatch
+from search_spaces.ops import searched_op_names
 
 STATE_FILE = "da2_state.pt"
 
@@ -107,8 +118,13 @@ def make_da2_step(cfg: ExperimentConfig, model: torch.nn.Module, policy: Relaxed
                        val_loss=val_loss)
 
 
-def with_targets(samples: dict, cfg: ExperimentConfig, device: torch.device) -> PoseBatch:
+def with_targets(samples: dict, cfg: ExperimentConfig, device: torch.device,
+                 base: Callable[[PoseBatch], PoseBatch] | None = None) -> PoseBatch:
+    """Collated samples -> a batch with rendered heatmap targets, after the base augmentation when given."""
     batch = batch_to_device(samples, device)
+    if base is not None:
+        with torch.no_grad():
+            batch = base(batch)
     heatmaps, weights = render_heatmaps(batch.keypoints, batch.visible, cfg.data.input_size,
                                         sigma=cfg.data.heatmap_sigma)
     return PoseBatch(images=batch.images, keypoints=batch.keypoints, visible=weights, heatmaps=heatmaps)
@@ -150,7 +166,8 @@ class DA2Search:
         self.cfg, self.device = cfg, device
         seed_everything(cfg.seed)
         self.model = build_model(cfg, train_ds.num_joints).to(device)
-        slots = op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed, design=sc.slot_design)
+        slots = op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed,
+                         op_names=searched_op_names(cfg.search.include_flip), design=sc.slot_design)
         self.policy = RelaxedPolicy(slots, train_ds.flip_pairs, tau1=sc.tau1, tau2=sc.tau2,
                                     hard=sc.hard_choice).to(device)
         self.w_opt = make_optimizer(self.model, cfg.train)
@@ -163,6 +180,10 @@ class DA2Search:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.state = {"step": 0, "train_consumed": 0, "val_consumed": 0, "wall": 0.0, "curves": []}
         self.train_stream = BatchStream(train_ds, cfg, 0)
+        # the w step trains on base-augmented batches, as every training does; d steps score on plain val batches
+        base = training_policy(None, cfg.train)
+        self.base_augment = None if base is None else StepSeededAugment(
+            base, train_ds.flip_pairs, device, lambda step: augmentation_seed(cfg, step))
         val_cfg = cfg if sc.val_batch_size is None else cfg.model_copy(
             update={"train": cfg.train.model_copy(update={"batch_size": sc.val_batch_size})})
         self.val_stream = BatchStream(val_ds, val_cfg, 0, salt=10_000)
@@ -173,7 +194,9 @@ class DA2Search:
 
     def step(self):
         sc = self.cfg.search.da2
-        train = with_targets(next(self.train_stream), self.cfg, self.device)
+        if self.base_augment is not None:
+            self.base_augment.step = self.state["step"]
+        train = with_targets(next(self.train_stream), self.cfg, self.device, self.base_augment)
         update_d = self.state["step"] % sc.policy_update_every == 0
         val = with_targets(next(self.val_stream), self.cfg, self.device) if update_d else None
         stats = self.step_fn(train, val, self.policy.sample_noise(train.images.shape[0], self.generator))
@@ -185,7 +208,8 @@ class DA2Search:
         return stats
 
     def learned_policy(self):
-        return self.policy.to_policy({"method": "da2", "seed": self.cfg.seed, "steps": self.state["step"],
+        method = next(m for m, e in DA2_METHODS.items() if e == self.cfg.search.da2.estimator)
+        return self.policy.to_policy({"method": method, "seed": self.cfg.seed, "steps": self.state["step"],
                                       **({"one_pass": True} if self.cfg.search.da2.one_pass else {})})
 
     def curves_json(self) -> str:
@@ -224,8 +248,17 @@ def da2_trainable(config: dict, settings: dict) -> None:
     """Ray Tune function trainable: config = {"seed": s}; settings carries the experiment config and data paths."""
     from ray import tune
 
+    from da2_platform.search.control import TrialBudget
+
     cfg = ExperimentConfig.model_validate(settings["cfg"]).model_copy(update={"seed": int(config["seed"])})
     sc = cfg.search.da2
+    # started before the set-up (model, data, the relaxed policy), which is charged to the trial too
+    clock = TrialClock(gpus=cfg.search.gpus_per_trial if torch.cuda.is_available() and cfg.search.gpus_per_trial
+                       else 0, cpus=cfg.search.cpus_per_trial)
+    budget = TrialBudget.for_this_trial()
+    if budget is not None and not budget.charge(0.0):  # started after the budget ran out: no set-up either
+        tune.report({"step": 0, "complete": False, "budget_stop": True, **clock.report()})
+        return
     limit_threads(cfg)
     device = trial_device(cfg)
     train_ds = TopDownDataset(settings["train_annotations"], settings["train_images"], input_size=cfg.data.input_size)
@@ -236,11 +269,15 @@ def da2_trainable(config: dict, settings: dict) -> None:
         with checkpoint.as_directory() as d:
             search.load(Path(d) / STATE_FILE)
     resumed_from = search.state["step"]
-    clock = TrialClock(gpus=cfg.search.gpus_per_trial if device.type == "cuda" else 0,
-                       cpus=cfg.search.cpus_per_trial, previous_wall=search.state["wall"])
+    clock.previous_wall = search.state["wall"]
     while not search.done:
         stats = search.step()
         step = search.state["step"]
+        if budget is not None and not budget.charge(clock.report()["device_seconds"]):
+            # the search's budget is spent within this step: charged what it used, no policy returned
+            tune.report({"step": step, "train_loss": stats.train_loss, "complete": False, "budget_stop": True,
+                         "resumed_from_step": resumed_from, **clock.report()})
+            return
         if step % sc.checkpoint_every and not search.done:
             continue
         metrics = {"step": step, "train_loss": stats.train_loss, "resumed_from_step": resumed_from}
@@ -259,3 +296,17 @@ def da2_trainable(config: dict, settings: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             search.save(Path(tmp) / STATE_FILE, clock.wall())
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+# the two DA2 methods, named apart everywhere (search, compare, report, ledger, registry), and their estimators:
+# `da2` is the paper's relaxed estimator (Eq. 3-12), `da2:score` the score-function variant
+DA2_METHODS: dict[str, str] = {"da2": "relaxed", "da2:score": "score"}
+
+
+def da2_method_config(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
+    """`cfg` with `search.da2.estimator` set by the method's name (the name decides; the field follows it)."""
+    if method not in DA2_METHODS:
+        raise ValueError(f"not a DA2 method: {method!r}; DA2 methods: {', '.join(DA2_METHODS)}")
+    da2 = cfg.search.da2.model_copy(update={"estimator": DA2_METHODS[method]})
+    return cfg.model_copy(update={"search": cfg.search.model_copy(update={"da2": da2})})
+

@@ -8,6 +8,7 @@ da2_platform -> baselines -> search_spaces.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 
@@ -17,14 +18,16 @@ from da2_platform.errors import ConfigError
 from da2_platform.search.spec import SearchSpec
 from search_spaces.fixed import fixed_policy
 
-METHODS = ("da2", "rl", "optuna", "pba", "fixed:NAME")
+METHODS = ("da2", "da2:score", "rl", "optuna", "pba", "fixed:NAME")
 
 SpecBuilder = Callable[[ExperimentConfig, ExperimentData], SearchSpec]
 
 
 def spec_builder(method: str) -> SpecBuilder:
     """The builder `(cfg, data) -> SearchSpec` of a method; an unknown method or fixed policy fails here."""
-    builders = {"da2": da2_spec, "rl": rl_spec, "optuna": optuna_spec, "pba": pba_spec}
+    if method in ("da2", "da2:score"):  # the paper's relaxed estimator, and the score-function variant
+        return functools.partial(da2_spec, method=method)
+    builders = {"rl": rl_spec, "optuna": optuna_spec, "pba": pba_spec}
     if method in builders:
         return builders[method]
     if method.startswith("fixed:"):
@@ -34,14 +37,16 @@ def spec_builder(method: str) -> SpecBuilder:
 
 # each builder imports its method's modules itself: naming one method (the CLI checks --method) loads only it
 
-def da2_spec(cfg: ExperimentConfig, data: ExperimentData) -> SearchSpec:
-    """`da2 search --method da2`: one DA2 trial per seed."""
+def da2_spec(cfg: ExperimentConfig, data: ExperimentData, method: str = "da2") -> SearchSpec:
+    """`da2 search --method da2` (the paper's relaxed estimator) or `--method da2:score` (the score-function
+    variant): one DA2 trial per seed."""
     from ray import tune
 
     from da2_platform.search.curves import plot_policy_curves
-    from da2_platform.search.da2 import STATE_FILE, da2_trainable
+    from da2_platform.search.da2 import STATE_FILE, da2_method_config, da2_trainable
     from da2_platform.search.trial import trial_settings
 
+    cfg = da2_method_config(cfg, method)
     sc = cfg.search.da2
 
     def artifacts(results: list[dict]) -> dict[str, bytes]:
@@ -58,7 +63,7 @@ def da2_spec(cfg: ExperimentConfig, data: ExperimentData) -> SearchSpec:
     if sc.one_pass:
         settings.update(holdout_annotations=str(data.val_annotations), holdout_images=str(data.val_images))
     return SearchSpec(
-        method="da2",
+        method=method,
         trainable=tune.with_parameters(da2_trainable, settings=settings),
         param_space={"seed": tune.grid_search(list(sc.seeds))},
         tune_config={"max_concurrent_trials": max(1, len(sc.seeds))},
@@ -78,15 +83,16 @@ def rl_spec(cfg: ExperimentConfig, data: ExperimentData) -> SearchSpec:
     from da2_platform.search.children import child_settings, child_trainable, discrete_space, search_params
 
     sc = cfg.search.rl
-    searcher = RLAutoAugmentSearcher(discrete_space(sc), metric="val_ap", mode="max",
-                                     batch_size=max(1, sc.concurrent), seed=cfg.seed)
+    # one PPO step per `ppo_batch` rewards, independent of how many children run at once
+    searcher = RLAutoAugmentSearcher(discrete_space(sc, cfg.search.include_flip), metric="val_ap", mode="max",
+                                     batch_size=sc.ppo_batch, seed=cfg.seed)
     return SearchSpec(
         method="rl",
         trainable=tune.with_parameters(child_trainable, settings=child_settings(cfg, data, sc, sc.child_steps)),
         param_space={},
         tune_config={"search_alg": searcher, "num_samples": sc.trials, "max_concurrent_trials": sc.concurrent,
                      "metric": "val_ap", "mode": "max", "time_budget_s": sc.time_budget_s},
-        search_params=search_params(cfg, sc, controller="LSTM-100 + PPO", ppo_batch=max(1, sc.concurrent)),
+        search_params=search_params(cfg, sc, controller="LSTM-100 + PPO"),
         expected_trials=sc.trials,
         allow_partial=sc.time_budget_s is not None,
     )
@@ -96,25 +102,23 @@ def optuna_spec(cfg: ExperimentConfig, data: ExperimentData) -> SearchSpec:
     """`da2 search --method optuna`: TPE + ASHA over the platform's child training."""
     from ray import tune
 
-    from baselines.optuna_search import make_asha, make_optuna_search, optuna_param_space
-    from da2_platform.search.children import (
-        EVALS_PER_CHILD,
-        child_settings,
-        child_trainable,
-        discrete_space,
-        search_params,
-    )
+    from baselines.optuna_search import make_asha, make_optuna_search, optuna_param_space, startup_trials
+    from da2_platform.search.children import child_settings, child_trainable, discrete_space, search_params
 
     sc = cfg.search.optuna
-    space = discrete_space(sc)
+    space = discrete_space(sc, cfg.search.include_flip)
+    startup = startup_trials(sc.trials, sc.startup_trials)
     return SearchSpec(
         method="optuna",
         trainable=tune.with_parameters(child_trainable, settings=child_settings(cfg, data, sc, sc.child_steps)),
         param_space=optuna_param_space(space),
-        tune_config={"search_alg": make_optuna_search(space, seed=cfg.seed), "num_samples": sc.trials,
-                     "max_concurrent_trials": sc.concurrent, "time_budget_s": sc.time_budget_s,
-                     "scheduler": make_asha(max_t=EVALS_PER_CHILD, grace_period=1, reduction_factor=2)},
-        search_params=search_params(cfg, sc, sampler="TPE", scheduler="ASHA", bins="ordered integers"),
+        tune_config={"search_alg": make_optuna_search(space, seed=cfg.seed, n_startup_trials=startup),
+                     "num_samples": sc.trials, "max_concurrent_trials": sc.concurrent,
+                     "time_budget_s": sc.time_budget_s,
+                     # rungs at evaluations 1, 2, 4, ... below sc.evals: at least two with the default 4
+                     "scheduler": make_asha(max_t=sc.evals, grace_period=1, reduction_factor=2)},
+        search_params=search_params(cfg, sc, sampler="TPE", scheduler="ASHA", bins="ordered integers",
+                                    n_startup_trials=startup),
         expected_trials=sc.trials,
         allow_partial=True,  # ASHA stops weak children before they complete
     )
@@ -128,7 +132,8 @@ def pba_spec(cfg: ExperimentConfig, data: ExperimentData) -> SearchSpec:
     from da2_platform.search.children import child_settings, child_trainable, discrete_space, search_params
 
     sc = cfg.search.pba
-    pbt, start = make_pba(discrete_space(sc), seed=cfg.seed)
+    pbt, start = make_pba(discrete_space(sc, cfg.search.include_flip), seed=cfg.seed,
+                          perturbation_interval=sc.perturbation_interval)
 
     def artifacts(results: list[dict]) -> dict[str, bytes]:
         schedule = best_schedule(results)
@@ -141,7 +146,7 @@ def pba_spec(cfg: ExperimentConfig, data: ExperimentData) -> SearchSpec:
         tune_config={"scheduler": pbt, "num_samples": sc.trials, "max_concurrent_trials": sc.concurrent,
                      "time_budget_s": sc.time_budget_s},
         search_params=search_params(cfg, sc, scheduler="PopulationBasedTraining", explore="PBA (resample 0.2, "
-                                    "shift p/m by 0-3 bins)"),
+                                    "shift p/m by 0-3 bins)", perturbation_interval=sc.perturbation_interval),
         artifacts=artifacts,
         keep_checkpoints=None,
         expected_trials=sc.trials,

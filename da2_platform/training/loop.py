@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from da2_platform.config import ExperimentConfig
+from da2_platform.config import ExperimentConfig, TrainConfig
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.errors import TrainingError
 from da2_platform.files import write_bytes_atomic
@@ -38,7 +38,7 @@ from da2_platform.training.step import (
 from pose_models import P2Net, build_p2net
 from pose_models.losses import P2NetLoss
 from search_spaces import compile_albumentations, compile_torch
-from search_spaces.policy import Policy
+from search_spaces.policy import OpSetting, Policy
 
 CHECKPOINT_KIND = "p2net-training"
 CHECKPOINT_VERSION = 2  # 1: the earlier {"format": 1} files, still readable (epoch-end state only)
@@ -55,11 +55,13 @@ def build_model(cfg: ExperimentConfig, num_joints: int = 17) -> P2Net:
 
 def load_init_weights(model: P2Net, path: str | Path) -> None:
     """Start from a trained P2Net: a da2-platform checkpoint or a bare state dict, read with weights_only=True."""
+    from da2_platform.files import file_problem
     from pose_models.weights import BackboneWeightsError, read_state_dict
 
     path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"model.init_weights: {path} not found")
+    problem = file_problem(path)
+    if problem is not None:
+        raise TrainingError(f"model.init_weights: {path} {problem}")
     try:  # the same safe reader as backbone weights: unwraps a checkpoint's "model" entry and DDP prefixes
         state = read_state_dict(path)
     except BackboneWeightsError as e:
@@ -72,6 +74,21 @@ def load_init_weights(model: P2Net, path: str | Path) -> None:
     if missing or unexpected:
         raise TrainingError(f"model.init_weights: {path} does not fit this model (missing {missing[:5]}, "
                             f"unexpected {unexpected[:5]}); check model.preset and the joint count")
+
+
+def base_ops(train: TrainConfig) -> tuple[OpSetting, ...]:
+    """`train.base_augment` as policy ops."""
+    return tuple(OpSetting(op.name, op.p, op.m) for op in train.base_augment)
+
+
+def training_policy(policy: Policy | None, train: TrainConfig) -> Policy | None:
+    """What a training applies: the base augmentation, then the policy (None: neither)."""
+    base = base_ops(train)
+    if not base:
+        return policy
+    if policy is None:
+        return Policy.uniform([base], name="base-augment", metadata={"method": "base"})
+    return policy.after_base(base)
 
 
 def augmentation_seed(cfg: ExperimentConfig, index: int, rank: int = 0) -> int:
@@ -98,6 +115,7 @@ def device_augment(cfg: ExperimentConfig, policy: Policy | None, flip_pairs, dev
 
     `Fit` reseeds per step instead (`StepSeededAugment`); this form serves benchmarks that drive `TrainingStep`
     themselves."""
+    policy = training_policy(policy, cfg.train)
     if policy is None or cfg.train.augment_on != "device":
         return None
     generator = torch.Generator(device=device) if device.type == "cuda" else torch.Generator()
@@ -180,8 +198,10 @@ class Fit:
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.augment = None
-        if self.policy is not None and cfg.train.augment_on == "device":
-            self.augment = StepSeededAugment(self.policy, self.dataset.flip_pairs, self.device,
+        # the policy the batches see: the base augmentation, then `policy` (which reports and registers alone)
+        self.applied_policy = training_policy(self.policy, cfg.train)
+        if self.applied_policy is not None and cfg.train.augment_on == "device":
+            self.augment = StepSeededAugment(self.applied_policy, self.dataset.flip_pairs, self.device,
                                              lambda step: augmentation_seed(cfg, step, self.rank))
         self.step_fn = TrainingStep(self.model, self.loss_fn, self.optimizer, cfg.train, cfg.data.input_size,
                                     self.device, self.augment, cfg.data.heatmap_sigma)
@@ -197,9 +217,9 @@ class Fit:
 
     def _use_epoch_augmentation(self, epoch: int) -> None:
         """`augment_on: loader`: albumentations in the loader workers, seeded per epoch."""
-        if self.policy is not None and self.cfg.train.augment_on == "loader":
+        if self.applied_policy is not None and self.cfg.train.augment_on == "loader":
             self.dataset.transform = compile_albumentations.compile_policy(
-                self.policy, self.dataset.flip_pairs, seed=augmentation_seed(self.cfg, epoch, self.rank))
+                self.applied_policy, self.dataset.flip_pairs, seed=augmentation_seed(self.cfg, epoch, self.rank))
         else:
             self.dataset.transform = None
 
@@ -299,13 +319,16 @@ def checkpoint_bytes(cfg: ExperimentConfig, model: torch.nn.Module, optimizer: t
 
 def load_checkpoint(path: str | Path, expect_config: dict | None = None) -> dict:
     """Load a P2Net training checkpoint safely (weights_only=True); a different architecture is a clear error."""
+    from da2_platform.files import check_input_file
+    from pose_models.weights import load_refusal
+
     path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"checkpoint not found: {path}")
+    check_input_file(path, "checkpoint", TrainingError)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- a corrupt or non-torch file, or one that needs unpickling code
-        raise TrainingError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from None
+        raise TrainingError(f"{path}: not a loadable checkpoint ({load_refusal(e)}); checkpoints load with "
+                            "weights_only=True, which runs no code from the file") from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise TrainingError(f"{path}: not a da2-platform checkpoint (missing 'kind'/'version'/'model' fields)")
     if payload.get("format") == 1 and "kind" not in payload:  # version 1 files, written before 'kind' existed
