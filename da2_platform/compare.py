@@ -106,8 +106,8 @@ def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: 
                 for future in as_completed(futures):
                     outcome = future.result()
                     done[outcome.method] = outcome
-                    say(f"search {outcome.method} done: {len(outcome.trials)} trial(s), best search-val AP "
-                        f"{outcome.best_val_ap:.4f}, {outcome.device_seconds / 3600:.4f} device-hours")
+                    say(f"search {outcome.method} done: {len(outcome.trials)} trial(s), best trial's last search-val AP "
+                        f"{outcome.best_search_val_ap:.4f}, {outcome.device_seconds / 3600:.4f} device-hours")
             except BaseException:  # Ctrl+C or a failed search: stop the others, keep what already finished
                 control.stop.set()
                 raise
@@ -238,7 +238,7 @@ def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) ->
 
 def one_pass_row(cfg: ExperimentConfig, outcome: SearchOutcome) -> LedgerRow:
     """The final row of a one-pass search: its own network's val AP, no device time of its own."""
-    best = max((r for r in outcome.trials if r.status == "completed"), key=lambda r: r.val_ap, default=None)
+    best = max((r for r in outcome.trials if r.status == "completed"), key=lambda r: r.search_val_ap, default=None)
     now = utc_now()
     return LedgerRow(experiment=cfg.name, method=f"final:{outcome.method}",
                      trial_id=f"one-pass-{best.trial_id if best else outcome.run_id}",

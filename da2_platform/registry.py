@@ -54,7 +54,7 @@ def _client(tracking_uri: str | None = None):
         raise TrackingError(f"tracking URI {uri!r}: {getattr(e, 'message', e)}") from None
 
 
-def register_policy(cfg: ExperimentConfig, policy: Policy, method: str, run_id: str, val_ap: float,
+def register_policy(cfg: ExperimentConfig, policy: Policy, method: str, run_id: str, search_val_ap: float,
                     device_hours: float, alias: str = "candidate") -> str:
     """New version of cfg.tracking.registered_policy from a finished search run (idempotent per search)."""
     from mlflow.exceptions import MlflowException
@@ -78,7 +78,8 @@ def register_policy(cfg: ExperimentConfig, policy: Policy, method: str, run_id: 
         data_desc = cfg.data.kind if cfg.data.kind == "coco" else f"synthpose(seed={cfg.data.synth_seed})"
         tags = {
             "da2.method": method, "da2.experiment": cfg.name, "da2.search_run_id": run_id,
-            "da2.device_hours": f"{device_hours:.6f}", "da2.val_ap": f"{val_ap:.6f}", "da2.dataset": data_desc,
+            "da2.device_hours": f"{device_hours:.6f}", "da2.search_val_ap": f"{search_val_ap:.6f}",
+            "da2.dataset": data_desc,
             "da2.search_space": policy.search_space, "da2.schema_version": str(policy.schema_version),
             "da2.code_version": code_version(), "da2.search_key": key,
         }
@@ -180,7 +181,9 @@ def check_alias(alias: str) -> str:
 
 
 def _gate(candidate, current, gate: str, min_ap: float | None, alias: str) -> PromotionDecision:
-    metric = {"final-ap": "da2.final_ap", "val-ap": "da2.val_ap"}.get(gate)
+    metric = {"final-ap": "da2.final_ap", "search-val-ap": "da2.search_val_ap"}.get(gate)
+    if metric == "da2.search_val_ap" and metric not in candidate.tags and "da2.val_ap" in candidate.tags:
+        metric = "da2.val_ap"  # a policy version registered before the tag's rename
     prev = current.version if current is not None else None
 
     def decide(ok: bool, why: str) -> PromotionDecision:
@@ -191,7 +194,7 @@ def _gate(candidate, current, gate: str, min_ap: float | None, alias: str) -> Pr
     if gate == "none":
         return decide(True, "gate 'none': promoted without a comparison")
     if metric is None:
-        raise TrackingError(f"--gate: {gate!r} is not one of final-ap, val-ap, none")
+        raise TrackingError(f"--gate: {gate!r} is not one of final-ap, search-val-ap, none")
     if metric not in candidate.tags:
         return decide(False, f"version {candidate.version} has no {metric} tag (run `da2 compare` or a "
                              "confirmation training first)")

@@ -120,7 +120,7 @@ def test_predict_input_size_is_bounded(tmp_path, capsys):
 
 # 11: promote --min-ap nan
 def test_promote_min_ap_nan(tmp_path, capsys):
-    fails_cleanly(["promote", "1", "--workdir", str(tmp_path), "--gate", "val-ap", "--min-ap", "nan"], capsys,
+    fails_cleanly(["promote", "1", "--workdir", str(tmp_path), "--gate", "search-val-ap", "--min-ap", "nan"], capsys,
                   "--min-ap: expected an AP between 0 and 1, got nan", tmp_path)
 
 

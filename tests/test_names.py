@@ -81,7 +81,7 @@ def test_report_of_a_name_with_a_separator_writes_nothing(tmp_path, capsys):
 
     workdir = tmp_path / "w"
     row = LedgerRow(experiment="tiny", method="fixed:none", trial_id="t0", policy_json="{}", device_kind="cpu",
-                    devices_held=0.0, wall_seconds=1.0, device_seconds=1.0, val_ap=0.1, status="completed",
+                    devices_held=0.0, wall_seconds=1.0, device_seconds=1.0, search_val_ap=0.1, status="completed",
                     start_time="2026-01-01T00:00:00", end_time="2026-01-01T00:00:01")
     CostLedger.for_experiment(workdir, "tiny").append([row])  # W/ledger/tiny.parquet: what ../ledger/tiny reached
     refused(["report", "../ledger/tiny", "--workdir", str(workdir), "--json"], capsys,

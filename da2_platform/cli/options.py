@@ -11,7 +11,7 @@ from da2_platform.limits import MAX_INPUT_SIDE
 
 # Choices typer lists in --help and checks (a bad value: exit 2 naming the option); the library checks them too.
 Decoder = Literal["standard", "dark"]
-Gate = Literal["final-ap", "val-ap", "none"]
+Gate = Literal["final-ap", "search-val-ap", "none"]
 Rescore = Literal["bbox_keypoint"]
 Shift = Literal["none", "wide"]
 METHOD_METAVAR = "[da2|rl|optuna|pba|fixed:NAME]"

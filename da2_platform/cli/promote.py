@@ -14,7 +14,7 @@ def promote(
     version: str = typer.Argument(..., help="The policy version to promote."),
     alias: str = typer.Option("production", "--alias", help="The alias to move."),
     gate: Gate = typer.Option("final-ap", "--gate", help="final-ap (beats the alias holder's final AP), "
-                             "val-ap (search-val AP), or none (no comparison; recorded)."),
+                             "search-val-ap (the search's best search-val AP), or none (no comparison; recorded)."),
     min_ap: float | None = typer.Option(None, "--min-ap", help="Also require at least this AP (0-1)."),
     note: str = typer.Option("", "--note", help="Why, in words; stored with the promotion."),
     name: str | None = typer.Option(None, "--name", help="Registered model (default: the config's policy)."),
