@@ -222,7 +222,8 @@ def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) ->
         method = result.config["final"]["method"]
         record = {"trial_id": Path(str(result.path)).name, "metrics": dict(result.metrics or {}),
                   "config": {"method": method}, "error": None if result.error is None else str(result.error)}
-        by_method[method] = ledger_row(cfg.name, f"final:{method}", record)
+        by_method[method] = ledger_row(cfg.name, f"final:{method}", record,
+                                       cfg.model_dump(mode="json")["train"]["base_augment"])
     delete_experiment_checkpoints(storage / f"{cfg.name}-final")  # scored and recorded: the weights are not kept
     out = []
     for o in outcomes:

@@ -74,6 +74,8 @@ def test_da2_search_logs_mlflow_ledger_and_registers_a_candidate(synthpose_small
     assert row["device_kind"] == "cpu" and row["devices_held"] == 1.0
     assert row["device_seconds"] == pytest.approx(row["wall_seconds"] * row["devices_held"])
     assert row["search_run_id"] == run.info.run_id and json.loads(row["policy_json"])["sub_policies"]
+    flip = [{"name": "HorizontalFlip", "p": 0.5, "m": 0.0}]
+    assert json.loads(row["config_json"])["base_augment"] == flip  # what the batches saw before the policy
     assert row["search_val_ap"] == pytest.approx(out["best_search_val_ap"]) and row["val_ap"] is None
 
     version = client.get_model_version_by_alias("pose-aug-policy", "candidate")
@@ -81,6 +83,7 @@ def test_da2_search_logs_mlflow_ledger_and_registers_a_candidate(synthpose_small
     tags = version.tags
     assert tags["da2.method"] == method and tags["da2.experiment"] == "itest"
     assert tags["da2.search_run_id"] == run.info.run_id and tags["da2.search_space"] == "pose-v1"
+    assert json.loads(tags["da2.base_augment"]) == flip
     assert float(tags["da2.device_hours"]) == pytest.approx(out["device_seconds"] / 3600, rel=1e-3)
     for key in ("da2.search_val_ap", "da2.dataset", "da2.code_version"):
         assert tags[key]

@@ -141,7 +141,8 @@ class SearchRecorder(tune.Callback):
     def record_trial(self, record: dict, retries: int = 0, strict: bool = True) -> LedgerRow:
         """The trial's ledger row (once) and its nested run's final metrics and status (once). The ledger row
         must be written; an MLflow failure during the search (`strict=False`) is retried when the search ends."""
-        row = ledger_row(self.cfg.name, self.method, record)
+        base = self.cfg.model_dump(mode="json")["train"]["base_augment"]
+        row = ledger_row(self.cfg.name, self.method, record, base)
         row.search_run_id = self.run_id
         extra = json.loads(row.extra_json)
         if retries:
