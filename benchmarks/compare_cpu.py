@@ -23,9 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+from harness import write_result
+
 from da2_platform.compare import run_compare_seeds
 from da2_platform.config import load_config
-from da2_platform.files import write_bytes_atomic, write_json_atomic
+from da2_platform.files import write_bytes_atomic
 from da2_platform.report import NEAR_BEST
 
 
@@ -129,7 +131,7 @@ def main() -> None:
         "starting_val_ap": start_ap, "mlflow_run_id": result_.mlflow_run_id, "report": rep,
         "goal": goal_check(rep), "plot": str(out.with_suffix(".png")),
     }
-    write_json_atomic(out, result)
+    write_result(out, result, args.config)
     write_bytes_atomic(out.with_suffix(".png"), result_.report_png.read_bytes())  # the report's own plot
     print(json.dumps({"wall_seconds": wall, "goal": result["goal"], "table": rep["methods"]}, indent=2))
 

@@ -3,6 +3,8 @@ within one step of the search's budget, charged from their start."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 import torch
 
@@ -71,7 +73,7 @@ def test_a_child_stops_within_one_step_of_the_budget_and_is_charged_its_time(syn
     reports: list[dict] = []
 
     class Recorded(TrialBudget):
-        charges: list[float] = []
+        charges: ClassVar[list[float]] = []
 
         def charge(self, device_seconds: float) -> bool:
             self.charges.append(device_seconds)
