@@ -61,6 +61,8 @@ def make_pba(space: DiscreteSpace, seed: int, metric: str = "val_ap", mode: str 
     random.seed(seed)  # PBT picks exploit targets with Python's global `random`; it takes no seed of its own
     pbt = PopulationBasedTraining(time_attr="training_iteration", metric=metric, mode=mode,
                                   perturbation_interval=perturbation_interval,
+                                  # a child its search's budget stopped before its first evaluation reports no AP
+                                  require_attrs=False,
                                   quantile_fraction=quantile_fraction,
                                   custom_explore_fn=PBAExplore(space, seed, resample_probability, max_shift))
     rng = torch.Generator().manual_seed(seed)

@@ -245,7 +245,7 @@ def seeds_yardstick(runs: list[BudgetRun], seeds: list[int]) -> dict:
     final_ap = {m: [[r.final_ap.get(m, [None] * len(multiples))[i] for r in runs] for i in range(len(multiples))]
                 for m in methods}
     out = yardstick_report(budgets_from(multiples, unit), final_ap, seeds)
-    out["units_device_seconds"] = [round(r.unit_s, 1) for r in runs]
+    out["units_device_seconds"] = [round(r.unit_s, 3) for r in runs]
     return out
 
 
