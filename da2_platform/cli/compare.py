@@ -32,9 +32,11 @@ def compare(
     cfg = load_config(config, {"workdir": str(workdir)} if workdir else None)
     check_shared_workdir(cfg.workdir, str(config or "<defaults>"))  # a multi-node job: every node sees it
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    result = run_compare_seeds(cfg, chosen, parse_seeds(seeds), budget_device_hours, tracking_uri,
+    seed_list = parse_seeds(seeds)
+    planned = plan_first(cfg, methods, seed_list, budget_device_hours, str(config or "<defaults>"))
+    result = run_compare_seeds(cfg, chosen, seed_list, budget_device_hours, tracking_uri,
                                progress=lambda msg: console.print(f"[bold cyan]compare[/] {msg}"),
-                               fresh=fresh, resume=resume)
+                               fresh=fresh, resume=resume, planned=planned)
     rep = result.report
     if json_out:
         emit_json({**rep.to_dict(), "table": str(result.report_json), "plot": str(result.report_png),
@@ -43,6 +45,23 @@ def compare(
     print_table(f"{cfg.name}: cost and AP per method over seeds {', '.join(map(str, rep.seeds))}",
                 rep.TABLE_COLUMNS, rep.table_rows())
     console.print(f"report: {result.report_json}\nplot:   {result.report_png}\nMLflow run: {result.mlflow_run_id}")
+
+
+def plan_first(cfg, methods: str, seeds: list[int] | None, budget_device_hours: float | None,
+               label: str) -> dict[str, float] | None:
+    """`da2 plan` of the comparison, printed before it starts (it asks nothing): the planned search device-hours
+    per method for the report, or None when no plan could be made (said, and the comparison goes on)."""
+    from da2_platform.cli.output import safe
+    from da2_platform.cli.plan import show_plan
+    from da2_platform.plan.planner import make_plan
+
+    try:
+        plan = make_plan(cfg, methods, budget_device_hours=budget_device_hours, seeds=seeds, config_label=label)
+    except Exception as e:  # noqa: BLE001 -- a plan is advice: a comparison does not fail for want of one
+        console.print(f"[yellow]plan[/] none: {safe(e)}")
+        return None
+    show_plan(plan)
+    return plan.search_device_hours()
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
