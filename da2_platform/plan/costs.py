@@ -18,7 +18,7 @@ from da2_platform.errors import ConfigError
 from da2_platform.files import read_json, write_json_atomic
 from da2_platform.plan.work import DataSizes
 
-MEASURE_VERSION = 1  # bump when the measurement changes, so cached costs are measured again
+MEASURE_VERSION = 2  # bump when the measurement changes, so cached costs are measured again
 SOURCES = ("auto", "ledger", "measure")
 ESTIMATORS = ("relaxed", "score")  # search.da2.estimator
 STAND_IN_CAP = 400  # SynthPose images per split the plan writes for itself; larger sets are counted by ratio

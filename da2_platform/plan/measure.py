@@ -10,8 +10,8 @@ folder; the random state, the thread count and every file outside that folder ar
 from __future__ import annotations
 
 import contextlib
-import math
 import random
+import statistics
 import time
 from collections.abc import Iterator
 
@@ -22,9 +22,10 @@ from da2_platform.config import ExperimentConfig
 from da2_platform.errors import ConfigError
 from da2_platform.plan.costs import UnitCosts, device_key, held_per_trial, plan_dir, stand_in_data
 
-PLAIN_STEPS = 3  # timed after one warm-up step
-DA2_STEPS = 3  # at least; whole update cycles are timed
-DA2_MAX_STEPS = 48
+# Steps after warm-up steps (the first use of each augmentation op and kernel costs extra), each timed alone:
+# a cost is the median, which one slow step on a shared machine does not move
+WARM_UP, PLAIN_STEPS = 2, 5
+DA2_CYCLES, DA2_MAX_STEPS = 3, 48  # whole update cycles of DA2's steps, at least 3 of them
 
 
 class Clock:
@@ -118,8 +119,8 @@ def _measure(cfg: ExperimentConfig, estimators: set[str], device: torch.device, 
     def mark(f, metrics) -> None:
         marks.append(clock())
 
-    fit.run(max_steps=1 + PLAIN_STEPS, on_step=mark)  # one run: a second would replay the epoch's loader
-    train_step = (marks[-1] - marks[0]) / PLAIN_STEPS
+    fit.run(max_steps=WARM_UP + PLAIN_STEPS, on_step=mark)  # one run: a second would replay the epoch's loader
+    train_step = statistics.median(b - a for a, b in zip(marks[WARM_UP - 1:], marks[WARM_UP:]))
 
     start = clock()
     eval_ds = TopDownDataset(val_ann, val_img, input_size=cfg.data.input_size, require_keypoints=False)
@@ -146,9 +147,10 @@ def _measure(cfg: ExperimentConfig, estimators: set[str], device: torch.device, 
                      train_step=train_step * held, da2_step=da2_step, setup=setup * held,
                      da2_setup=da2_setup * held, eval_crop=eval_crop * held, checkpoint=checkpoint * held,
                      notes=[(f"measured on a SynthPose copy at {cfg.data.input_size[0]}x{cfg.data.input_size[1]}, "
-                            f"batch {cfg.train.batch_size}: {PLAIN_STEPS} plain steps, one evaluation of "
-                            f"{len(eval_ds)} crops, DA2 steps per estimator, in {clock.words}; no init or "
-                            "backbone weights read")])
+                            f"batch {cfg.train.batch_size}: the median of {PLAIN_STEPS} plain steps and of "
+                            f"{DA2_CYCLES} DA2 update cycles per estimator after {WARM_UP} warm-up steps, one "
+                            f"evaluation of {len(eval_ds)} crops, in {clock.words}; no init or backbone weights "
+                            "read")])
 
 
 def _measure_da2(cfg: ExperimentConfig, estimator: str, train_ds, val_ds, device: torch.device, clock: Clock
@@ -161,12 +163,16 @@ def _measure_da2(cfg: ExperimentConfig, estimator: str, train_ds, val_ds, device
     da2 = sc.model_copy(update=update)
     cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"da2": da2})})
     cycle = da2.policy_update_every * (da2.val_grad_every if estimator == "score" else 1)
-    steps = min(DA2_MAX_STEPS, cycle * math.ceil(DA2_STEPS / cycle))
+    cycles = max(1, min(DA2_CYCLES, DA2_MAX_STEPS // cycle))
     start = clock()
     search = DA2Search(cfg, train_ds, val_ds, device)
     built = clock() - start
-    search.step()  # warm-up: a d step (step 0 updates d)
-    start = clock()
-    for _ in range(steps):
+    for _ in range(WARM_UP):
         search.step()
-    return (clock() - start) / steps, built
+    seconds = []
+    for _ in range(cycles):
+        start = clock()
+        for _ in range(min(cycle, DA2_MAX_STEPS)):
+            search.step()
+        seconds.append((clock() - start) / min(cycle, DA2_MAX_STEPS))
+    return statistics.median(seconds), built

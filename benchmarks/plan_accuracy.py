@@ -1,0 +1,103 @@
+"""How close `da2 plan` comes to what a committed comparison spent: the plan of the comparison's own config,
+methods, seeds and budget, beside the search (and final-training) device-seconds the comparison recorded.
+Writes benchmarks/results/plan_accuracy.json with both, the ratio per method, whether each is within 25 %, and
+the commit, config and machine.
+
+Rerunnable against whatever benchmarks/results/compare_cpu.json holds: the config is the comparison's resolved
+config (its `config_resolved`), so a comparison rerun with new settings is planned with those settings.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/plan_accuracy.py [--compare benchmarks/results/compare_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from da2_platform.config import ExperimentConfig
+from da2_platform.files import write_json_atomic
+from da2_platform.plan.planner import make_plan
+
+TOLERANCE = 0.25
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def spent(entries: list[dict], key: str = "device_seconds") -> dict[str, dict]:
+    """Per method: the mean, min and max over the comparison's seeds."""
+    by: dict[str, list[float]] = {}
+    for e in entries:
+        by.setdefault(e["method"], []).append(float(e[key]))
+    return {m: {"mean": statistics.fmean(v), "min": min(v), "max": max(v), "seeds": len(v)} for m, v in by.items()}
+
+
+def side_by_side(planned: dict[str, float], recorded: dict[str, dict]) -> dict[str, dict]:
+    out = {}
+    for method, seconds in planned.items():
+        if method not in recorded:
+            continue
+        ratio = seconds / recorded[method]["mean"]
+        out[method] = {"planned_device_seconds": seconds, "spent_device_seconds": recorded[method],
+                       "planned_device_hours": seconds / 3600,
+                       "spent_device_hours": recorded[method]["mean"] / 3600,
+                       "ratio": ratio, "within_25_percent": abs(ratio - 1) <= TOLERANCE}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", default="benchmarks/results/compare_cpu.json")
+    parser.add_argument("--source", default="measure", choices=["auto", "ledger", "measure"],
+                        help="where the unit costs come from (default: measured afresh)")
+    parser.add_argument("--workdir", default="work/plan-accuracy", help="the plan's cache and data copy")
+    parser.add_argument("--out", default="benchmarks/results/plan_accuracy.json")
+    args = parser.parse_args()
+    compare = json.loads(Path(args.compare).read_text())
+    cfg = ExperimentConfig.model_validate({**compare["config_resolved"], "workdir": args.workdir})
+    seeds = [int(s) for s in compare.get("seeds", [cfg.seed])]
+    multiples = [b["multiple"] for b in compare.get("report", {}).get("budgets", []) if "multiple" in b] or None
+    budget = None if multiples else compare.get("budget_device_hours")
+    cpus = int(compare.get("machine", {}).get("cpus") or os.cpu_count() or 1)
+    started = time.perf_counter()
+    plan = make_plan(cfg, ",".join(compare["methods_requested"]), source=args.source, budget_device_hours=budget,
+                     budgets=multiples, workers=1, devices_per_worker=cpus, seeds=seeds,
+                     config_label=compare.get("config", "compare_cpu.json's config_resolved"))
+    plan_seconds = time.perf_counter() - started
+    searches = side_by_side({m.method: m.search_device_seconds for m in plan.methods},
+                            spent(compare["searches"]))
+    finals = side_by_side({m.method: m.final_device_seconds / max(1, m.finals) for m in plan.methods if m.finals},
+                          spent(compare.get("finals", [])))
+    import torch
+
+    result = {
+        "benchmark": "plan_accuracy",
+        "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain")),
+        "config": compare.get("config"), "compare": args.compare, "compare_started": compare.get("started"),
+        "compare_machine": compare.get("machine"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                    "platform": platform.platform(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                    "load_average_1min": os.getloadavg()[0]},
+        "seeds": seeds, "budget_device_hours": budget, "budget_multiples": multiples,
+        "plan_seconds": plan_seconds, "costs": plan.costs.to_dict(), "sizes": plan.sizes.__dict__,
+        "assumptions": plan.assumptions, "tolerance": TOLERANCE,
+        "searches": searches, "finals": finals,
+        "all_searches_within_25_percent": all(v["within_25_percent"] for v in searches.values()),
+    }
+    write_json_atomic(Path(args.out), result)
+    for method, v in searches.items():
+        print(f"{method:24s} planned {v['planned_device_hours']:.4f} device-h  spent {v['spent_device_hours']:.4f}"
+              f"  ratio {v['ratio']:.2f}{'' if v['within_25_percent'] else '  OUTSIDE 25 %'}")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
