@@ -63,8 +63,10 @@ def show_plan(result) -> None:
     per_seed = " per seed" if result.seeds > 1 else ""
     print_table(f"plan{per_seed}: {result.experiment} on {result.costs.device}", result.TABLE_COLUMNS,
                 result.table_rows())
+    from da2_platform.plan.bill import count
+
     for row in result.budgets:
-        bought = ", ".join(f"{m} {v['bought']:.4g} {'children' if v['unit'] == 'children' else 'steps'}"
+        bought = ", ".join(f"{m} {count(v['bought'])} {'children' if v['unit'] == 'children' else 'steps'}"
                            for m, v in row["methods"].items())
         console.print(f"at {row['multiple']:g}x DA2 ({row['device_hours']:.4g} device-h): {safe(bought)}")
     console.print("[bold]assumptions[/]")

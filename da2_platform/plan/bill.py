@@ -54,7 +54,7 @@ class MethodPlan:
     @property
     def buys(self) -> str:
         what = "children" if self.unit == "children" else "DA2 steps"
-        return f"{self.bought:.4g} of {self.asked:g} {what}"
+        return f"{count(self.bought)} of {count(self.asked)} {what}"
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -62,6 +62,11 @@ class MethodPlan:
                    final_device_hours=self.final_device_seconds / 3600, wall_hours=self.wall_seconds / 3600,
                    buys=self.buys)
         return out
+
+
+def count(value: float) -> str:
+    """3.83, 42.5, 1,000, 20,000: a count as a reader takes it in."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def trial_cost(trial: TrialWork, costs: UnitCosts, sizes: DataSizes) -> float:
