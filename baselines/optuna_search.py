@@ -62,7 +62,7 @@ def make_optuna_job(cfg: ExperimentConfig, data) -> TuneJob:
     from da2_platform.search.driver import TuneJob
 
     sc = cfg.search.optuna
-    space = discrete_space(sc)
+    space = discrete_space(sc, cfg.search.include_flip)
     return TuneJob(
         method="optuna",
         trainable=tune.with_parameters(child_trainable, settings=child_settings(cfg, data, sc, sc.child_steps)),

@@ -94,7 +94,7 @@ def make_pba_job(cfg: ExperimentConfig, data) -> TuneJob:
     from da2_platform.search.driver import TuneJob
 
     sc = cfg.search.pba
-    pbt, start = make_pba(discrete_space(sc), seed=cfg.seed)
+    pbt, start = make_pba(discrete_space(sc, cfg.search.include_flip), seed=cfg.seed)
 
     def artifacts(results: list[dict]) -> dict[str, bytes]:
         schedule = best_schedule(results)

@@ -36,8 +36,10 @@ class DataConfig(_Section):
     synth_train: int = Field(240, ge=1)
     synth_val: int = Field(60, ge=1)
     synth_search_val: int = Field(60, ge=1)  # SynthPose target split (search_val: target only)
-    synth_seed: int = 0
-    synth_shift: Literal["none", "wide"] = "none"  # val/target style against train: same, or wider (a known shift)
+    synth_seed: int | None = None  # None: the experiment's seed, so seeds vary the data draw too
+    # val/target style against train: `none` (train's), `wide` (every factor at once, far), or a deployment style
+    # that moves a few named factors an op of the space can reproduce (da2_platform/data/synthpose.py, SHIFTS)
+    synth_shift: Literal["none", "wide", "lowlight", "lowlight-tilt"] = "none"
     train_annotations: Path | None = None
     train_images: Path | None = None
     val_annotations: Path | None = None
@@ -95,8 +97,31 @@ class ModelConfig(_Section):
         return kwargs
 
 
+class BaseOp(_Section):
+    """One op of the base augmentation: a registry op name, its probability p and normalised magnitude m."""
+
+    name: str
+    p: float = Field(0.5, ge=0, le=1)
+    m: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_op(cls, v: str) -> str:
+        from search_spaces.ops import OP_NAMES
+
+        if v not in OP_NAMES:
+            raise ValueError(f"unknown op {v!r}; valid ops: {', '.join(OP_NAMES)}")
+        return v
+
+
 class TrainConfig(_Section):
     """The one training recipe shared by production training and every search method's children."""
+
+    # applied before the policy in every training (children, DA2's w step, final trainings, production, the warm
+    # start), as AutoAugment applies its policy after the baseline flip and crop. HorizontalFlip p 0.5 because
+    # evaluation uses the flip test; [] turns it off. The searched space then holds no HorizontalFlip
+    # (search.include_flip brings it back).
+    base_augment: list[BaseOp] = Field(default_factory=lambda: [BaseOp(name="HorizontalFlip", p=0.5, m=0.0)])
 
     epochs: int = Field(5, ge=1)  # the CPU demo's; COCO configs set their own
     max_steps_per_epoch: int | None = Field(None, ge=1)
@@ -190,6 +215,8 @@ class SearchConfig(_Section):
     optuna: DiscreteSearchConfig = Field(default_factory=DiscreteSearchConfig)
     pba: DiscreteSearchConfig = Field(default_factory=lambda: DiscreteSearchConfig(trials=4))
     fixed: list[str] = Field(default_factory=lambda: ["none", "standard-pose", "randaugment", "trivialaugment"])
+    # HorizontalFlip in the searched space (every method's): off by default, since the base augmentation has it
+    include_flip: bool = False
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0, ge=0)
     max_failures: int = Field(2, ge=0)  # retries of a trial whose worker died, each from its last checkpoint
@@ -239,6 +266,11 @@ class ExperimentConfig(_Section):
             if getattr(self.model, key) is not None:
                 setattr(self.model, key, getattr(self.model, key).expanduser().resolve())
         return self
+
+    @property
+    def data_seed(self) -> int:
+        """The SynthPose seed: `data.synth_seed`, or the experiment's seed when that is unset."""
+        return self.seed if self.data.synth_seed is None else self.data.synth_seed
 
     @property
     def heatmap_size(self) -> tuple[int, int]:

@@ -55,7 +55,8 @@ def warm_start(cfg: ExperimentConfig, settings: PretrainSettings = PretrainSetti
     model_kwargs = {k: v for k, v in cfg.model.build_kwargs(17).items() if k != "pretrained_path"}
     manifest = {"model": model_kwargs, "input_size": list(cfg.data.input_size), "batch_size": cfg.train.batch_size,
                 "heatmap_sigma": cfg.data.heatmap_sigma or default_sigma(heatmap_size_for(cfg.data.input_size)),
-                "policy": PRETRAIN_POLICY, "steps": settings.steps,
+                "policy": PRETRAIN_POLICY, "base_augment": cfg.model_dump(mode="json")["train"]["base_augment"],
+                "steps": settings.steps,
                 "images": settings.images, "seed": settings.seed, "lr": settings.lr,
                 "synthpose_version": GENERATOR_VERSION}
     if weights.is_file() and manifest_path.is_file() and _recorded(manifest_path) == manifest:

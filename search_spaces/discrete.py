@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from search_spaces.ops import OP_NAMES, OPS
+from search_spaces.ops import OP_NAMES, OPS, searched_op_names
 from search_spaces.policy import OpSetting, Policy, PolicyError
 
 _KINDS = ("type", "prob", "mag")
@@ -21,7 +21,7 @@ _KINDS = ("type", "prob", "mag")
 class DiscreteSpace:
     num_sub_policies: int = 5
     ops_per_sub_policy: int = 2
-    op_names: tuple[str, ...] = tuple(OP_NAMES)
+    op_names: tuple[str, ...] = searched_op_names()  # no HorizontalFlip: the base augmentation has it
     prob_bins: int = 11
     mag_bins: int = 10
 

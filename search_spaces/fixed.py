@@ -3,8 +3,9 @@
 - "none": no augmentation. The format requires ops in every sub-policy, so "none" is one sub-policy holding
   a single op that never fires (p = 0) and would be the identity if it did (Brightness, m = 0). Both compilers
   skip it, so it costs nothing.
-- "standard-pose": the usual top-down recipe of the common COCO configs (HRNet / SimpleBaseline): flip with
-  p = 0.5, rotation with p = 0.6, scale always. Their magnitudes are drawn per image from a spread, which the
+- "standard-pose": the usual top-down recipe of the common COCO configs (HRNet / SimpleBaseline) less its flip,
+  which the base augmentation (`train.base_augment`, HorizontalFlip p = 0.5) applies before every policy:
+  rotation with p = 0.6, scale always. Their magnitudes are drawn per image from a spread, which the
   format expresses as 3 x 3 equally weighted sub-policies (rotation 15/30/45 deg x scale +-0.12/0.23/0.35).
 - "randaugment" / "randaugment:N:M": N ops picked uniformly (with replacement) from RandAugment's 14 choices
   (13 ops of our space + identity), all at magnitude M of 30 (m = M / 30, p = 1): one sub-policy per ordered
@@ -66,7 +67,6 @@ def _standard_pose() -> Policy:
     steps = (1.0 / 3.0, 2.0 / 3.0, 1.0)
     sub_policies = [
         (
-            OpSetting("HorizontalFlip", 0.5, 0.0),
             OpSetting("Rotate", 0.6, rotate),
             OpSetting("Scale", 1.0, scale),
         )
@@ -75,7 +75,7 @@ def _standard_pose() -> Policy:
     return Policy.uniform(
         sub_policies,
         name="standard-pose",
-        metadata={"method": "fixed", "recipe": "flip 0.5, rotate <= 45 deg p 0.6, scale +-0.35"},
+        metadata={"method": "fixed", "recipe": "rotate <= 45 deg p 0.6, scale +-0.35 (after the base flip)"},
     )
 
 

@@ -82,6 +82,14 @@ OPS: dict[str, OpSpec] = {
     )
 }
 OP_NAMES: list[str] = list(OPS)
+# ops that only the base augmentation applies by default (`train.base_augment`): a search that could drop the flip
+# would be judged on the flip test rather than on its policy
+BASE_ONLY_OPS: tuple[str, ...] = ("HorizontalFlip",)
+
+
+def searched_op_names(include_flip: bool = False) -> tuple[str, ...]:
+    """The ops every search method chooses from: all of them, less HorizontalFlip unless `include_flip`."""
+    return tuple(name for name in OP_NAMES if include_flip or name not in BASE_ONLY_OPS)
 
 
 def op_spec(name: str) -> OpSpec:

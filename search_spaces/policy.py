@@ -140,6 +140,17 @@ class Policy:
             metadata=metadata or {},
         )
 
+    def after_base(self, base: Sequence[OpSetting]) -> Policy:
+        """This policy applied after a base augmentation: every sub-policy starts with the `base` ops (as
+        AutoAugment applies its policy after the baseline flip and crop). An empty base returns the policy."""
+        if not base:
+            return self
+        return Policy(
+            tuple(SubPolicy(sub.weight, (*base, *sub.ops)) for sub in self.sub_policies),
+            name=self.name,
+            metadata={**self.metadata, "base_augment": [{"name": o.name, "p": o.p, "m": o.m} for o in base]},
+        )
+
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "<string>") -> Policy:
         """Parse and validate policy JSON; anything wrong raises PolicyError naming `source` and the field."""

@@ -68,7 +68,7 @@ def test_explore_resamples_some_ops_and_moves_the_others_by_at_most_three_bins()
     assert [PBAExplore(space, seed=1)(start) for _ in range(3)] == [PBAExplore(space, seed=1)(start) for _ in range(3)]
     assert PBAExplore(space, seed=1)(start) != PBAExplore(space, seed=2)(start)
     # never leaves the space at the edges
-    edge = space.to_config([0, 0, 0, 17, 10, 9] * 5)
+    edge = space.to_config([0, 0, 0, len(space.op_names) - 1, 10, 9] * 5)
     for _ in range(50):
         space.from_config(explore(edge))
 

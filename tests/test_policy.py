@@ -181,8 +181,8 @@ def test_fixed_policies():
         policy = fixed_policy(name)
         assert Policy.from_json(policy.to_json()) == policy
     standard = fixed_policy("standard-pose")
-    assert {op.name for s in standard.sub_policies for op in s.ops} == {"HorizontalFlip", "Rotate", "Scale"}
-    assert all(s.ops[0].p == 0.5 and s.ops[1].p == 0.6 and s.ops[2].p == 1.0 for s in standard.sub_policies)
+    assert {op.name for s in standard.sub_policies for op in s.ops} == {"Rotate", "Scale"}  # the base flips
+    assert all(s.ops[0].p == 0.6 and s.ops[1].p == 1.0 for s in standard.sub_policies)
     randaugment = fixed_policy("randaugment")
     assert len(randaugment.sub_policies) == 14 * 14
     assert {op.m for s in randaugment.sub_policies for op in s.ops if op.p > 0} == {0.3}
@@ -232,7 +232,7 @@ def test_none_policy_is_the_identity_in_both_compilers():
 
 def test_discrete_space_round_trips():
     space = DiscreteSpace()
-    assert space.decisions_per_op() == (len(OP_NAMES), 11, 10)
+    assert space.decisions_per_op() == (len(OP_NAMES) - 1, 11, 10)  # every op but the base's HorizontalFlip
     assert space.num_decisions() == 30
     names = space.param_names()
     assert (
@@ -244,7 +244,7 @@ def test_discrete_space_round_trips():
     assert len(policy.sub_policies) == 5 and all(len(s.ops) == 2 for s in policy.sub_policies)
     assert [s.weight for s in policy.sub_policies] == [0.2] * 5
     op = policy.sub_policies[0].ops[0]
-    assert (op.name, op.p, op.m) == (OP_NAMES[decisions[0]], decisions[1] / 10, decisions[2] / 9)
+    assert (op.name, op.p, op.m) == (space.op_names[decisions[0]], decisions[1] / 10, decisions[2] / 9)
     assert space.from_policy(policy) == decisions
     assert space.from_policy(Policy.from_json(policy.to_json())) == decisions
     assert space.from_config(space.to_config(decisions)) == decisions

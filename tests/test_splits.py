@@ -60,7 +60,7 @@ def test_from_train_search_val_is_carved_out_of_train_by_image(tmp_path: Path):
     assert search_train and search_val and not (search_train & search_val)
     assert search_train | search_val == _ids(data.full_train_annotations)
     assert not (search_val & _ids(data.val_annotations))
-    assert not (cfg.workdir / "data" / "synthpose" / "images" / "target").exists()
+    assert not list((cfg.workdir / "data").glob("synthpose-*/images/target"))
     text = json.dumps({k: v for k, v in settings.items() if k != "cfg"})
     assert str(data.val_annotations) not in text and str(data.val_images) not in text
 

@@ -18,7 +18,7 @@ def make_rl_job(cfg: ExperimentConfig, data) -> TuneJob:
     from da2_platform.search.driver import TuneJob
 
     sc = cfg.search.rl
-    searcher = RLAutoAugmentSearcher(discrete_space(sc), metric="val_ap", mode="max",
+    searcher = RLAutoAugmentSearcher(discrete_space(sc, cfg.search.include_flip), metric="val_ap", mode="max",
                                      batch_size=max(1, sc.concurrent), seed=cfg.seed)
     return TuneJob(
         method="rl",

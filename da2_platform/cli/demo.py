@@ -78,7 +78,7 @@ def _run(terminal, workdir: Path, config: Path | None, methods: str, pretrain_st
     step("tracking", f"MLflow store {resolve_tracking_uri(cfg)}")
     setup_tracking(cfg)
     d = cfg.data
-    step("data", f"SynthPose seed {d.synth_seed}, shift {d.synth_shift}: {d.synth_train} train / {d.synth_val} val"
+    step("data", f"SynthPose seed {cfg.data_seed}, shift {d.synth_shift}: {d.synth_train} train / {d.synth_val} val"
                  + (f" / {d.synth_search_val} target (search-val)" if d.search_val == "target" else
                     f" images, search-val = {d.search_val_fraction:.0%} of train")
                  + f" under {cfg.workdir}")

@@ -40,8 +40,9 @@ def prepare_data(cfg: ExperimentConfig) -> ExperimentData:
     if data.kind == "synthpose":
         from da2_platform.data.synthpose import write_synthpose
 
-        root = data.root or cfg.workdir / "data" / "synthpose"
-        paths = write_synthpose(root, train=data.synth_train, val=data.synth_val, seed=data.synth_seed,
+        # one folder per (style, data seed): experiments of several seeds share a work dir
+        root = data.root or cfg.workdir / "data" / f"synthpose-{data.synth_shift}-s{cfg.data_seed}"
+        paths = write_synthpose(root, train=data.synth_train, val=data.synth_val, seed=cfg.data_seed,
                                 shift=data.synth_shift, target=data.synth_search_val if target else 0)
         train_ann, train_img = paths.train_annotations, paths.train_images
         val_ann, val_img = paths.val_annotations, paths.val_images
@@ -60,7 +61,7 @@ def prepare_data(cfg: ExperimentConfig) -> ExperimentData:
         return ExperimentData(search_train_annotations=train_ann, search_val_annotations=target_ann,
                               train_images=train_img, val_annotations=val_ann, val_images=val_img,
                               full_train_annotations=train_ann, search_val_images=target_img)
-    split_dir = cfg.workdir / "data" / "splits"
+    split_dir = cfg.workdir / "data" / f"splits-s{cfg.seed}"
     search_train, search_val = write_search_split(train_ann, split_dir, data.search_val_fraction, cfg.seed)
     return ExperimentData(search_train_annotations=search_train, search_val_annotations=search_val,
                           train_images=train_img, val_annotations=val_ann, val_images=val_img,

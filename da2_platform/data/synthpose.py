@@ -9,7 +9,8 @@ Three splits: train, val and an optional target split (a small labelled set from
 searches may score on; its image ids are disjoint from train and val). `shift` sets the style of val and target
 relative to train: `wide` draws them from a wider distribution (rotation, scale, occlusion, blur, lighting), so a
 model trained without augmentation loses AP there; `none` draws them from the train distribution, where
-augmentation helps only as regularisation of a small train set. Every image draws from its own generator seeded
+augmentation helps only as regularisation of a small train set; `lowlight` and `lowlight-tilt` move a few named
+factors (light, contrast, blur; figure rotation) that ops of the search space can reproduce (`STYLES`). Every image draws from its own generator seeded
 by (seed, split, index): the same seed writes the same bytes, and the first N images do not depend on how many
 are written.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ COCO_SKELETON: list[list[int]] = [
 GENERATOR_VERSION = 1  # bump when the rendering changes, so a cached set is regenerated
 SPLIT_CODES = {"train": 0, "val": 1, "target": 2}
 FIRST_IMAGE_ID = {"train": 1, "val": 1_000_001, "target": 2_000_001}
-SHIFTS = ("none", "wide")
+SHIFTS = ("none", "wide", "lowlight", "lowlight-tilt")
 SUBPIXEL_BITS = 4  # cv2 drawing takes fixed-point coordinates; 1/16 px keeps joints where they are labelled
 JOINT = {name: i for i, name in enumerate(COCO_KEYPOINT_NAMES)}
 
@@ -76,6 +77,7 @@ class SplitStyle:
     gamma: tuple[float, float]
     colour_cast: float  # +- per-channel gain
     noise_sigma: tuple[float, float]
+    brightness_offset: float = 0.0  # mean shift on 0..255 (negative: low light), before the +- brightness draw
 
 
 TRAIN_STYLE = SplitStyle(rotation_deg=15.0, torso_lean_deg=10.0, height_range=(0.55, 0.85), centre_jitter=0.06,
@@ -86,11 +88,19 @@ VAL_STYLE = SplitStyle(rotation_deg=60.0, torso_lean_deg=25.0, height_range=(0.3
                        back_view_prob=0.25, occluder_prob=0.7, occluders=(1, 3), occluder_size=(0.12, 0.35),
                        blur_prob=0.6, blur_sigma=(0.6, 2.2), brightness=55.0, contrast=(0.55, 1.45),
                        gamma=(0.6, 1.6), colour_cast=0.2, noise_sigma=(2.0, 10.0))
+# Deployment styles that move a few named factors of train's style, each of which an op of the search space can
+# reproduce (Brightness, Contrast, GaussianBlur; Rotate for the tilt), so that the policy decides the AP:
+# `lowlight`: train's geometry under dim, flat, soft light (a darker mean level, gamma > 1, contrast 0.35-0.6,
+# blur on 90% of images); `lowlight-tilt`: the same light with figures rotated up to 45 degrees.
+LOWLIGHT_STYLE = replace(TRAIN_STYLE, brightness=10.0, brightness_offset=-45.0, contrast=(0.35, 0.6),
+                         gamma=(1.1, 1.5), blur_prob=0.9, blur_sigma=(1.2, 2.8))
+LOWLIGHT_TILT_STYLE = replace(LOWLIGHT_STYLE, rotation_deg=45.0)
+STYLES = {"none": TRAIN_STYLE, "wide": VAL_STYLE, "lowlight": LOWLIGHT_STYLE, "lowlight-tilt": LOWLIGHT_TILT_STYLE}
 
 
 def split_style(split: str, shift: str) -> SplitStyle:
-    """Train is always TRAIN_STYLE; val and target follow `shift` (none: TRAIN_STYLE, wide: VAL_STYLE)."""
-    return TRAIN_STYLE if split == "train" or shift == "none" else VAL_STYLE
+    """Train is always TRAIN_STYLE; val and target are drawn in the style `shift` names (`STYLES`)."""
+    return TRAIN_STYLE if split == "train" else STYLES[shift]
 
 # body model, in figure heights (head top to soles ~ 1)
 TORSO, NECK, HEAD_RADIUS = 0.29, 0.05, 0.065
@@ -471,7 +481,7 @@ def _photometric(rng: np.random.Generator, canvas: np.ndarray, style: SplitStyle
     """Lighting (gamma, contrast, colour cast, brightness) as one per-channel lookup table, then blur, noise."""
     gamma, contrast = rng.uniform(*style.gamma), rng.uniform(*style.contrast)
     gain = 1.0 + rng.uniform(-style.colour_cast, style.colour_cast, 3)
-    shift = rng.uniform(-style.brightness, style.brightness) / 255.0
+    shift = (style.brightness_offset + rng.uniform(-style.brightness, style.brightness)) / 255.0
     levels = (np.arange(256, dtype=np.float64) / 255.0)[:, None] ** gamma
     table = (((levels - 0.5) * contrast + 0.5) * gain + shift) * 255.0
     image = cv2.LUT(canvas, np.clip(np.rint(table), 0, 255).astype(np.uint8).reshape(256, 1, 3))

@@ -24,6 +24,7 @@ from da2_platform.search.trial import TrialClock, limit_threads, trial_device
 from da2_platform.training.loop import CHECKPOINT_FILE, Fit, build_model
 from da2_platform.training.step import StepMetrics, seed_everything
 from search_spaces.discrete import DiscreteSpace
+from search_spaces.ops import searched_op_names
 from search_spaces.policy import Policy
 
 EVALS_PER_CHILD = 2  # report points per child: ASHA's rungs and PBT's perturbation points
@@ -32,8 +33,10 @@ EVALS_PER_CHILD = 2  # report points per child: ASHA's rungs and PBT's perturbat
 Report = Callable[[dict, bytes], None]
 
 
-def discrete_space(sc: DiscreteSearchConfig) -> DiscreteSpace:
-    return DiscreteSpace(num_sub_policies=sc.sub_policies, ops_per_sub_policy=sc.ops_per_sub_policy)
+def discrete_space(sc: DiscreteSearchConfig, include_flip: bool = False) -> DiscreteSpace:
+    """The baselines' space: K x N ops over the searched ops (`search.include_flip` adds HorizontalFlip)."""
+    return DiscreteSpace(num_sub_policies=sc.sub_policies, ops_per_sub_policy=sc.ops_per_sub_policy,
+                         op_names=searched_op_names(include_flip))
 
 
 def policy_from_trial_config(config: dict, space: DiscreteSpace | None) -> Policy:
@@ -107,7 +110,8 @@ def child_settings(cfg: ExperimentConfig, data, sc: DiscreteSearchConfig | None,
     """What every child of a search shares (passed with tune.with_parameters)."""
     from da2_platform.search.driver import trial_settings
 
-    space = None if sc is None else {"num_sub_policies": sc.sub_policies, "ops_per_sub_policy": sc.ops_per_sub_policy}
+    space = None if sc is None else {"num_sub_policies": sc.sub_policies, "ops_per_sub_policy": sc.ops_per_sub_policy,
+                                     "op_names": list(searched_op_names(cfg.search.include_flip))}
     return {**trial_settings(cfg, data), "space": space, "child_steps": child_steps}
 
 
@@ -116,3 +120,23 @@ def search_params(cfg: ExperimentConfig, sc: DiscreteSearchConfig | None, **extr
     base = {"model": cfg.model.preset or cfg.model.backbone, "input_size": "x".join(map(str, cfg.data.input_size)),
             "batch_size": cfg.train.batch_size, "augment_on": cfg.train.augment_on}
     return {**base, **(sc.model_dump() if sc else {}), **extra}
+
+
+def final_training(cfg: ExperimentConfig, data, policy: Policy, evals: int = 1,
+                   device: torch.device | None = None) -> tuple[list[dict], float]:
+    """One final training in this process, as `compare` runs it in a trial (cfg.train.epochs on the full train
+    split from the config's init weights, scored on val `evals` times); returns the val AP curve
+    ([{step, val_ap}], the last is the final AP) and its seconds. Benchmarks use it without Ray."""
+    import time
+
+    from da2_platform.search.driver import trial_settings
+
+    settings = {**trial_settings(cfg, data), "space": None, "child_steps": None, "evals": evals,
+                "train_annotations": str(data.full_train_annotations), "train_images": str(data.train_images),
+                "eval_annotations": str(data.val_annotations), "eval_images": str(data.val_images)}
+    reports: list[dict] = []
+    start = time.perf_counter()
+    fit = child_fit(cfg, settings, policy, device or torch.device("cpu"))
+    run_child(fit, settings, lambda metrics, blob: reports.append(metrics))
+    curve = [{"step": int(r["step"]), "val_ap": round(float(r["val_ap"]), 4)} for r in reports]
+    return curve, time.perf_counter() - start

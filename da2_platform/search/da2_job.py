@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,16 @@ from da2_platform.inference import evaluate_model
 from da2_platform.search.bilevel import BilevelStep, ScoreStep
 from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
 from da2_platform.search.trial import TrialClock, limit_threads, trial_device
-from da2_platform.training.loop import FitState, build_model, checkpoint_bytes, epoch_loader, load_checkpoint
+from da2_platform.training.loop import (
+    FitState,
+    StepSeededAugment,
+    augmentation_seed,
+    build_model,
+    checkpoint_bytes,
+    epoch_loader,
+    load_checkpoint,
+    training_policy,
+)
 from da2_platform.training.step import (
     TrainingStep,
     autocast_for,
@@ -36,6 +46,7 @@ from da2_platform.training.step import (
 )
 from pose_models.losses import P2NetLoss
 from search_spaces.batch import PoseBatch
+from search_spaces.ops import searched_op_names
 
 if TYPE_CHECKING:
     from da2_platform.search.driver import TuneJob
@@ -111,8 +122,13 @@ def make_da2_step(cfg: ExperimentConfig, model: torch.nn.Module, policy: Relaxed
                        val_loss=val_loss)
 
 
-def with_targets(samples: dict, cfg: ExperimentConfig, device: torch.device) -> PoseBatch:
+def with_targets(samples: dict, cfg: ExperimentConfig, device: torch.device,
+                 base: Callable[[PoseBatch], PoseBatch] | None = None) -> PoseBatch:
+    """Collated samples -> a batch with rendered heatmap targets, after the base augmentation when given."""
     batch = batch_to_device(samples, device)
+    if base is not None:
+        with torch.no_grad():
+            batch = base(batch)
     heatmaps, weights = render_heatmaps(batch.keypoints, batch.visible, cfg.data.input_size,
                                         sigma=cfg.data.heatmap_sigma)
     return PoseBatch(images=batch.images, keypoints=batch.keypoints, visible=weights, heatmaps=heatmaps)
@@ -154,7 +170,8 @@ class DA2Search:
         self.cfg, self.device = cfg, device
         seed_everything(cfg.seed)
         self.model = build_model(cfg, train_ds.num_joints).to(device)
-        slots = op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed, design=sc.slot_design)
+        slots = op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed,
+                         op_names=searched_op_names(cfg.search.include_flip), design=sc.slot_design)
         self.policy = RelaxedPolicy(slots, train_ds.flip_pairs, tau1=sc.tau1, tau2=sc.tau2,
                                     hard=sc.hard_choice).to(device)
         self.w_opt = make_optimizer(self.model, cfg.train)
@@ -167,6 +184,10 @@ class DA2Search:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.state = {"step": 0, "train_consumed": 0, "val_consumed": 0, "wall": 0.0, "curves": []}
         self.train_stream = BatchStream(train_ds, cfg, 0)
+        # the w step trains on base-augmented batches, as every training does; d steps score on plain val batches
+        base = training_policy(None, cfg.train)
+        self.base_augment = None if base is None else StepSeededAugment(
+            base, train_ds.flip_pairs, device, lambda step: augmentation_seed(cfg, step))
         val_cfg = cfg if sc.val_batch_size is None else cfg.model_copy(
             update={"train": cfg.train.model_copy(update={"batch_size": sc.val_batch_size})})
         self.val_stream = BatchStream(val_ds, val_cfg, 0, salt=10_000)
@@ -177,7 +198,9 @@ class DA2Search:
 
     def step(self):
         sc = self.cfg.search.da2
-        train = with_targets(next(self.train_stream), self.cfg, self.device)
+        if self.base_augment is not None:
+            self.base_augment.step = self.state["step"]
+        train = with_targets(next(self.train_stream), self.cfg, self.device, self.base_augment)
         update_d = self.state["step"] % sc.policy_update_every == 0
         val = with_targets(next(self.val_stream), self.cfg, self.device) if update_d else None
         stats = self.step_fn(train, val, self.policy.sample_noise(train.images.shape[0], self.generator))

@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces.batch import PoseBatch
-from search_spaces.ops import OP_NAMES, OPS, SEARCH_SPACE_NAME, apply_op
+from search_spaces.ops import OPS, SEARCH_SPACE_NAME, apply_op, searched_op_names
 from search_spaces.policy import OpSetting, Policy, SubPolicy
 
 
 def op_slots(num_sub_policies: int, ops_per_sub_policy: int, seed: int,
-             op_names: tuple[str, ...] = tuple(OP_NAMES), design: str = "random") -> list[tuple[str, ...]]:
+             op_names: tuple[str, ...] = searched_op_names(), design: str = "random") -> list[tuple[str, ...]]:
     """Which ops each sub-policy holds: K distinct ordered tuples of distinct ops, drawn with the config's seed.
 
     When K covers every tuple (e.g. K >= 18*17 for N=2) the whole space is searched, as in the paper.

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from da2_platform.config import ExperimentConfig
+from da2_platform.config import ExperimentConfig, TrainConfig
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.errors import TrainingError
 from da2_platform.files import write_bytes_atomic
@@ -37,7 +37,7 @@ from da2_platform.training.step import (
 )
 from pose_models import P2Net, build_p2net
 from pose_models.losses import P2NetLoss
-from search_spaces.policy import Policy
+from search_spaces.policy import OpSetting, Policy
 
 CHECKPOINT_KIND = "p2net-training"
 CHECKPOINT_VERSION = 2  # 1: the earlier {"format": 1} files, still readable (epoch-end state only)
@@ -73,6 +73,21 @@ def load_init_weights(model: P2Net, path: str | Path) -> None:
                             f"unexpected {unexpected[:5]}); check model.preset and the joint count")
 
 
+def base_ops(train: TrainConfig) -> tuple[OpSetting, ...]:
+    """`train.base_augment` as policy ops."""
+    return tuple(OpSetting(op.name, op.p, op.m) for op in train.base_augment)
+
+
+def training_policy(policy: Policy | None, train: TrainConfig) -> Policy | None:
+    """What a training applies: the base augmentation, then the policy (None: neither)."""
+    base = base_ops(train)
+    if not base:
+        return policy
+    if policy is None:
+        return Policy.uniform([base], name="base-augment", metadata={"method": "base"})
+    return policy.after_base(base)
+
+
 def augmentation_seed(cfg: ExperimentConfig, index: int, rank: int = 0) -> int:
     """The seed of the policy's draws at step `index` (device) or epoch `index` (loader) on worker `rank`."""
     return (cfg.seed * 1_000_003 + index) * 64 + rank
@@ -97,6 +112,7 @@ def device_augment(cfg: ExperimentConfig, policy: Policy | None, flip_pairs, dev
 
     `Fit` reseeds per step instead (`StepSeededAugment`); this form serves benchmarks that drive `TrainingStep`
     themselves."""
+    policy = training_policy(policy, cfg.train)
     if policy is None or cfg.train.augment_on != "device":
         return None
     generator = torch.Generator(device=device) if device.type == "cuda" else torch.Generator()
@@ -179,8 +195,10 @@ class Fit:
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.augment = None
-        if self.policy is not None and cfg.train.augment_on == "device":
-            self.augment = StepSeededAugment(self.policy, self.dataset.flip_pairs, self.device,
+        # the policy the batches see: the base augmentation, then `policy` (which reports and registers alone)
+        self.applied_policy = training_policy(self.policy, cfg.train)
+        if self.applied_policy is not None and cfg.train.augment_on == "device":
+            self.augment = StepSeededAugment(self.applied_policy, self.dataset.flip_pairs, self.device,
                                              lambda step: augmentation_seed(cfg, step, self.rank))
         self.step_fn = TrainingStep(self.model, self.loss_fn, self.optimizer, cfg.train, cfg.data.input_size,
                                     self.device, self.augment, cfg.data.heatmap_sigma)
@@ -196,8 +214,8 @@ class Fit:
 
     def _use_epoch_augmentation(self, epoch: int) -> None:
         """`augment_on: loader`: albumentations in the loader workers, seeded per epoch."""
-        if self.policy is not None and self.cfg.train.augment_on == "loader":
-            self.dataset.transform = self.policy.to_albumentations(
+        if self.applied_policy is not None and self.cfg.train.augment_on == "loader":
+            self.dataset.transform = self.applied_policy.to_albumentations(
                 self.dataset.flip_pairs, seed=augmentation_seed(self.cfg, epoch, self.rank))
         else:
             self.dataset.transform = None
