@@ -11,7 +11,7 @@ import yaml
 from da2_platform.cli.main import main
 from da2_platform.config import load_config
 from da2_platform.ledger import CostLedger, LedgerRow
-from da2_platform.plan.bill import Resources, price, report_cost, side_by_side, trial_cost
+from da2_platform.plan.bill import Resources, price, report_cost, side_by_side
 from da2_platform.plan.costs import UnitCosts
 from da2_platform.plan.work import DataSizes, asha_expected_evals, work_function
 

@@ -80,7 +80,8 @@ def config_hash(cfg: ExperimentConfig) -> str:
                                                           "policy_lr", "pi_lr_scale", "checkpoint_every"})
     key = {"version": MEASURE_VERSION, "data": data, "model": model, "train": cfg.train.model_dump(mode="json"),
            "da2": da2, "cpus": cfg.search.cpus_per_trial, "gpus": cfg.search.gpus_per_trial,
-           "discrete": cfg.search.rl.model_dump(mode="json", include={"sub_policies", "ops_per_sub_policy"})}
+           "discrete": cfg.search.rl.model_dump(mode="json", include={"sub_policies", "ops_per_sub_policy"}),
+           "include_flip": cfg.search.include_flip}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -159,8 +160,8 @@ def stand_in_data(cfg: ExperimentConfig):
     else:
         wanted, shift = {"train": 64, "val": 32, "target": 32}, "none"
     counts = {k: min(v, STAND_IN_CAP) for k, v in wanted.items()}
-    paths = write_synthpose(plan_dir(cfg) / "data" / "synthpose", train=counts["train"], val=counts["val"],
-                            seed=d.synth_seed, shift=shift, target=counts["target"])
+    paths = write_synthpose(plan_dir(cfg) / "data" / f"synthpose-{shift}-s{cfg.data_seed}", train=counts["train"],
+                            val=counts["val"], seed=cfg.data_seed, shift=shift, target=counts["target"])
     scale = {k: (wanted[k] / counts[k] if counts[k] else 0.0) for k in wanted}
     return paths, scale
 

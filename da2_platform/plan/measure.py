@@ -73,7 +73,7 @@ def searched_policy(cfg: ExperimentConfig):
     """A policy of the discrete space the children search, drawn with the config's seed."""
     from da2_platform.search.children import discrete_space
 
-    space = discrete_space(cfg.search.rl)
+    space = discrete_space(cfg.search.rl, cfg.search.include_flip)
     rng = random.Random(cfg.seed)
     sizes = space.decisions_per_op()
     return space.to_policy([rng.randrange(sizes[i % 3]) for i in range(space.num_decisions())])
