@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--source", default="measure", choices=["auto", "ledger", "measure"],
                         help="where the unit costs come from (default: measured afresh)")
     parser.add_argument("--workdir", default="work/plan-accuracy", help="the plan's cache and data copy")
+    parser.add_argument("--repeat", type=int, default=1, help="measure this many times; each run is kept and "
+                        "the figures are the last run's (a busy machine moves a measurement)")
     parser.add_argument("--out", default="benchmarks/results/plan_accuracy.json")
     args = parser.parse_args()
     compare = json.loads(Path(args.compare).read_text())
@@ -67,15 +69,21 @@ def main() -> None:
     multiples = [b["multiple"] for b in compare.get("report", {}).get("budgets", []) if "multiple" in b] or None
     budget = None if multiples else compare.get("budget_device_hours")
     cpus = int(compare.get("machine", {}).get("cpus") or os.cpu_count() or 1)
-    started = time.perf_counter()
-    plan = make_plan(cfg, ",".join(compare["methods_requested"]), source=args.source, budget_device_hours=budget,
-                     budgets=multiples, workers=1, devices_per_worker=cpus, seeds=seeds,
-                     config_label=compare.get("config", "compare_cpu.json's config_resolved"))
-    plan_seconds = time.perf_counter() - started
-    searches = side_by_side({m.method: m.search_device_seconds for m in plan.methods},
-                            spent(compare["searches"]))
-    finals = side_by_side({m.method: m.final_device_seconds / max(1, m.finals) for m in plan.methods if m.finals},
-                          spent(compare.get("finals", [])))
+    runs = []
+    for _ in range(max(1, args.repeat)):
+        started = time.perf_counter()
+        plan = make_plan(cfg, ",".join(compare["methods_requested"]), source=args.source,
+                         budget_device_hours=budget, budgets=multiples, workers=1, devices_per_worker=cpus,
+                         seeds=seeds, config_label=compare.get("config", "compare_cpu.json's config_resolved"))
+        plan_seconds = time.perf_counter() - started
+        searches = side_by_side({m.method: m.search_device_seconds for m in plan.methods},
+                                spent(compare["searches"]))
+        finals = side_by_side({m.method: m.final_device_seconds / max(1, m.finals) for m in plan.methods
+                               if m.finals}, spent(compare.get("finals", [])))
+        runs.append({"load_average_1min": os.getloadavg()[0], "plan_seconds": plan_seconds,
+                     "train_step": plan.costs.train_step, "da2_step": plan.costs.da2_step,
+                     "search_ratios": {m: v["ratio"] for m, v in searches.items()},
+                     "final_ratios": {m: v["ratio"] for m, v in finals.items()}})
     import torch
 
     result = {
@@ -91,6 +99,7 @@ def main() -> None:
         "assumptions": plan.assumptions, "tolerance": TOLERANCE,
         "searches": searches, "finals": finals,
         "all_searches_within_25_percent": all(v["within_25_percent"] for v in searches.values()),
+        "runs": runs,
     }
     write_json_atomic(Path(args.out), result)
     for method, v in searches.items():
