@@ -14,17 +14,11 @@ Metric and mode live in the searcher and the scheduler; do not pass them to Tune
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.discrete import DiscreteSpace
-
-if TYPE_CHECKING:
-    from da2_platform.config import ExperimentConfig
-    from da2_platform.search.driver import TuneJob
 
 
 def optuna_param_space(space: DiscreteSpace) -> dict:
@@ -34,11 +28,20 @@ def optuna_param_space(space: DiscreteSpace) -> dict:
     return {name: domains[index % 3] for index, name in enumerate(space.param_names())}
 
 
-def make_optuna_search(space: DiscreteSpace, seed: int, metric: str = "val_ap", mode: str = "max") -> OptunaSearch:
+def startup_trials(trials: int, given: int | None = None) -> int:
+    """TPE's random start-up trials: `given`, or a third of the trials the search can afford (at most Optuna's
+    default 10, at least 1), so that TPE itself proposes most of them."""
+    if given is not None:
+        return given
+    return max(1, min(10, trials // 3))
+
+
+def make_optuna_search(space: DiscreteSpace, seed: int, metric: str = "val_ap", mode: str = "max",
+                       n_startup_trials: int = 10) -> OptunaSearch:
     """OptunaSearch with a seeded TPE sampler; the domains come from `optuna_param_space(space)` in the Tuner."""
     import optuna  # imported here: only this builder needs optuna's own classes
 
-    sampler = optuna.samplers.TPESampler(seed=seed)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
     study_name = f"discrete-{space.num_sub_policies}x{space.ops_per_sub_policy}-{len(space.op_names)}ops"
     return OptunaSearch(metric=metric, mode=mode, sampler=sampler, study_name=study_name)
 
@@ -48,29 +51,3 @@ def make_asha(metric: str = "val_ap", mode: str = "max", max_t: int = 10, grace_
     """ASHA on training_iteration (one report per evaluation point): rungs at grace_period * reduction_factor^k."""
     return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
                          grace_period=grace_period, reduction_factor=reduction_factor)
-
-
-def make_optuna_job(cfg: ExperimentConfig, data) -> TuneJob:
-    """`da2 search --method optuna`: TPE + ASHA over the platform's child training."""
-    from da2_platform.search.children import (
-        EVALS_PER_CHILD,
-        child_settings,
-        child_trainable,
-        discrete_space,
-        search_params,
-    )
-    from da2_platform.search.driver import TuneJob
-
-    sc = cfg.search.optuna
-    space = discrete_space(sc, cfg.search.include_flip)
-    return TuneJob(
-        method="optuna",
-        trainable=tune.with_parameters(child_trainable, settings=child_settings(cfg, data, sc, sc.child_steps)),
-        param_space=optuna_param_space(space),
-        tune_config={"search_alg": make_optuna_search(space, seed=cfg.seed), "num_samples": sc.trials,
-                     "max_concurrent_trials": sc.concurrent, "time_budget_s": sc.time_budget_s,
-                     "scheduler": make_asha(max_t=EVALS_PER_CHILD, grace_period=1, reduction_factor=2)},
-        search_params=search_params(cfg, sc, sampler="TPE", scheduler="ASHA", bins="ordered integers"),
-        expected_trials=sc.trials,
-        allow_partial=True,  # ASHA stops weak children before they complete
-    )

@@ -19,17 +19,12 @@ from __future__ import annotations
 
 import json
 import random
-from typing import TYPE_CHECKING
 
 import torch
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 
 from search_spaces.discrete import DiscreteSpace
-
-if TYPE_CHECKING:
-    from da2_platform.config import ExperimentConfig
-    from da2_platform.search.driver import TuneJob
 
 
 class PBAExplore:
@@ -60,12 +55,13 @@ class PBAExplore:
 
 
 def make_pba(space: DiscreteSpace, seed: int, metric: str = "val_ap", mode: str = "max",
-             resample_probability: float = 0.2, max_shift: int = 3, quantile_fraction: float = 0.25
-             ) -> tuple[PopulationBasedTraining, dict]:
+             resample_probability: float = 0.2, max_shift: int = 3, quantile_fraction: float = 0.25,
+             perturbation_interval: int = 3) -> tuple[PopulationBasedTraining, dict]:
     """The PBT scheduler with PBA's explore, and the Tuner's param_space of seeded random starting decisions."""
     random.seed(seed)  # PBT picks exploit targets with Python's global `random`; it takes no seed of its own
     pbt = PopulationBasedTraining(time_attr="training_iteration", metric=metric, mode=mode,
-                                  perturbation_interval=1, quantile_fraction=quantile_fraction,
+                                  perturbation_interval=perturbation_interval,
+                                  quantile_fraction=quantile_fraction,
                                   custom_explore_fn=PBAExplore(space, seed, resample_probability, max_shift))
     rng = torch.Generator().manual_seed(seed)
     sizes = space.decisions_per_op()
@@ -86,30 +82,3 @@ def best_schedule(results: list[dict], metric: str = "val_ap") -> str | None:
 
 def _seeded_choice(n: int, rng: torch.Generator):
     return lambda _spec: int(torch.randint(0, n, (1,), generator=rng))
-
-
-def make_pba_job(cfg: ExperimentConfig, data) -> TuneJob:
-    """`da2 search --method pba`: PBT with PBA's explore over the platform's child training."""
-    from da2_platform.search.children import child_settings, child_trainable, discrete_space, search_params
-    from da2_platform.search.driver import TuneJob
-
-    sc = cfg.search.pba
-    pbt, start = make_pba(discrete_space(sc, cfg.search.include_flip), seed=cfg.seed)
-
-    def artifacts(results: list[dict]) -> dict[str, bytes]:
-        schedule = best_schedule(results)
-        return {"policy/schedule.json": schedule.encode()} if schedule else {}
-
-    return TuneJob(
-        method="pba",
-        trainable=tune.with_parameters(child_trainable, settings=child_settings(cfg, data, sc, sc.child_steps)),
-        param_space=start,
-        tune_config={"scheduler": pbt, "num_samples": sc.trials, "max_concurrent_trials": sc.concurrent,
-                     "time_budget_s": sc.time_budget_s},
-        search_params=search_params(cfg, sc, scheduler="PopulationBasedTraining", explore="PBA (resample 0.2, "
-                                    "shift p/m by 0-3 bins)"),
-        artifacts=artifacts,
-        keep_checkpoints=None,
-        expected_trials=sc.trials,
-        allow_partial=sc.time_budget_s is not None,
-    )

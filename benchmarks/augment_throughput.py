@@ -28,7 +28,14 @@ import torch
 from da2_platform.data.synthpose import write_synthpose
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.files import write_json_atomic
-from search_spaces import DiscreteSpace, Policy, PoseBatch, fixed_policy
+from search_spaces import (
+    DiscreteSpace,
+    Policy,
+    PoseBatch,
+    compile_albumentations,
+    compile_torch,
+    fixed_policy,
+)
 
 INPUT_SIZE = (256, 192)
 RESULTS = Path(__file__).resolve().parent / "results" / "augment_throughput.json"
@@ -50,7 +57,7 @@ def random_policy(seed: int = 0) -> Policy:
 
 def albumentations_rate(policy: Policy, items: list[dict], flip_pairs, seconds: float) -> dict:
     """Crops/s of the CPU pipeline on one thread (wall and process-CPU time)."""
-    pipeline = policy.to_albumentations(flip_pairs, seed=0)
+    pipeline = compile_albumentations.compile_policy(policy, flip_pairs, seed=0)
     crops = [
         (
             (it["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
@@ -85,7 +92,7 @@ def torch_rate(
         keypoints=torch.stack([items[i]["keypoints"] for i in index]).to(device),
         visible=torch.stack([items[i]["visible"] for i in index]).to(device),
     )
-    module = policy.to_torch(flip_pairs, generator=torch.Generator(device=device).manual_seed(0)).to(device)
+    module = compile_torch.compile_policy(policy, flip_pairs, generator=torch.Generator(device=device).manual_seed(0)).to(device)
     with torch.no_grad():
         module(batch)  # warm-up
         _sync(device)

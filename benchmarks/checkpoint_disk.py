@@ -38,7 +38,7 @@ def main(trials: int = 3, child_steps: int = 4) -> None:
     torch.set_num_threads(1)
     from da2_platform.config import load_config
     from da2_platform.search.driver import run_search
-    from da2_platform.search.methods import job_factory
+    from da2_platform.search.methods import spec_builder
 
     with tempfile.TemporaryDirectory(prefix="da2-ckpt-bench-") as tmp:
         cfg = load_config(None, {"workdir": tmp, "name": "ckpt", "data.synth_train": 32, "data.synth_val": 8,
@@ -61,7 +61,7 @@ def main(trials: int = 3, child_steps: int = 4) -> None:
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         start = time.perf_counter()
-        outcome = run_search(cfg, "rl", job_factory("rl"), register=False)
+        outcome = run_search(cfg, "rl", spec_builder("rl"), register=False)
         wall = time.perf_counter() - start
         done.set()
         watcher.join()

@@ -30,7 +30,7 @@ from da2_platform.data.splits import prepare_data
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.files import write_json_atomic
 from da2_platform.inference import evaluate_model
-from da2_platform.search.da2_job import DA2Search
+from da2_platform.search.da2 import DA2Search
 from search_spaces.policy import Policy
 
 # DA2Config overrides; val_flip_test None (follow train.flip_test) is the default, so flip_val is what the config runs

@@ -39,7 +39,7 @@ from da2_platform.data.synthpose import write_synthpose
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.files import write_json_atomic
 from da2_platform.search.bilevel import BilevelStep, ScoreStep
-from da2_platform.search.da2_job import make_da2_step, make_policy_optimizer, policy_lr
+from da2_platform.search.da2 import make_da2_step, make_policy_optimizer, policy_lr
 from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
 from da2_platform.training.loop import build_model
 from da2_platform.training.step import make_optimizer

@@ -18,7 +18,7 @@ from da2_platform.config import load_config
 from da2_platform.data.splits import prepare_data
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.files import write_json_atomic
-from da2_platform.search.da2_job import DA2Search, with_targets
+from da2_platform.search.da2 import DA2Search, with_targets
 from da2_platform.training.loop import device_augment
 
 CLOCK = time.process_time

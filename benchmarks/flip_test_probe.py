@@ -27,7 +27,7 @@ from da2_platform.files import write_json_atomic
 from da2_platform.inference import evaluate_model, predict_heatmaps
 from da2_platform.policies import resolve_policy
 from da2_platform.search.children import child_fit
-from da2_platform.search.da2_job import make_batch_loss, with_targets
+from da2_platform.search.da2 import make_batch_loss, with_targets
 from da2_platform.training.loop import epoch_loader
 from pose_models.losses import P2NetLoss
 from search_spaces.policy import Policy

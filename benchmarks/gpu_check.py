@@ -263,13 +263,15 @@ def section_train_compile(plan: Plan, workspace: Path) -> dict:
 def section_gpu_policy(plan: Plan, workspace: Path) -> dict:
     import torch
 
+    from search_spaces import compile_torch
+
     device = _device()
     dataset = _dataset(plan, workspace)
     batch = _pose_batch(_samples(dataset, plan.policy_batch), device)
     out: dict = {"device": _peak(device)[1], "input_size": list(plan.input_size), "batch": plan.policy_batch}
     for name, policy in _policies(plan).items():
         generator = torch.Generator(device=device).manual_seed(plan.seed)
-        module = policy.to_torch(dataset.flip_pairs, generator=generator).to(device)
+        module = compile_torch.compile_policy(policy, dataset.flip_pairs, generator=generator).to(device)
         with torch.no_grad():
             module(batch)  # warm-up
             _sync(device)
@@ -291,7 +293,7 @@ def section_da2_step(plan: Plan, workspace: Path) -> dict:
     import torch
 
     from da2_platform.config import load_config
-    from da2_platform.search.da2_job import DA2Search, with_targets
+    from da2_platform.search.da2 import DA2Search, with_targets
     from da2_platform.training.loop import build_model, device_augment
     from da2_platform.training.step import TrainingStep, make_optimizer, seed_everything
     from pose_models.losses import P2NetLoss
@@ -352,11 +354,13 @@ def section_cpu_feed(plan: Plan, workspace: Path) -> dict:
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
+    from search_spaces import compile_albumentations
+
     dataset = _dataset(plan, workspace)
     out: dict = {"input_size": list(plan.input_size), "batch": plan.batch, "cpu_count": os.cpu_count(),
                  "workers": list(plan.feed_workers)}
     for name, policy in _policies(plan).items():
-        dataset.transform = policy.to_albumentations(dataset.flip_pairs, seed=plan.seed)
+        dataset.transform = compile_albumentations.compile_policy(policy, dataset.flip_pairs, seed=plan.seed)
         rates = {}
         for workers in plan.feed_workers:
             sampler = RandomSampler(dataset, replacement=True, num_samples=10**7,

@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--oracle", type=Path, help="the hand-written oracle (default configs/policies/"
                                                     "oracle-<shift>.json)")
     parser.add_argument("--out", default="benchmarks/results/landscape_cpu.json")
+    parser.add_argument("--merge", nargs="+", type=Path, default=[],
+                        help="take the runs of these result files (pieces run in parallel, same config)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     base = load_config(args.config)
@@ -152,6 +154,11 @@ def main() -> None:
     previous = json.loads(out.read_text()) if out.is_file() else {}
     same = previous.get("provenance", {}).get("config") == base.model_dump(mode="json")
     runs = previous.get("runs", {}) if same else {}
+    for other in args.merge:
+        piece = json.loads(other.read_text())
+        if piece.get("provenance", {}).get("config") != base.model_dump(mode="json"):
+            raise SystemExit(f"error: {other}: provenance.config: another config than {args.config}")
+        runs.update({k: v for k, v in piece.get("runs", {}).items() if k not in runs})
 
     def write() -> dict:
         result = {"benchmark": "landscape", "provenance": provenance(args.config, base), "seeds": args.seeds,

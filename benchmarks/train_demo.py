@@ -21,7 +21,7 @@ from da2_platform.data.topdown import TopDownDataset
 from da2_platform.files import write_json_atomic
 from da2_platform.inference import evaluate_model
 from da2_platform.policies import resolve_policy
-from da2_platform.search.da2_job import BatchStream
+from da2_platform.search.da2 import BatchStream
 from da2_platform.training.loop import build_model, device_augment
 from da2_platform.training.step import TrainingStep, make_optimizer, seed_everything
 from pose_models.losses import P2NetLoss

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from da2_platform.config import ExperimentConfig
 from da2_platform.ledger import CostLedger, LedgerRow, utc_now
-from da2_platform.search.driver import SearchOutcome, run_search
-from da2_platform.search.methods import job_factory
+from da2_platform.search.driver import run_search
+from da2_platform.search.methods import spec_builder
+from da2_platform.search.spec import SearchOutcome
 
 
 @dataclass
@@ -87,7 +88,7 @@ def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: 
 
     say = progress or (lambda msg: None)
     chosen = expand_methods(methods, cfg)
-    factories = {m: job_factory(m) for m in chosen}  # an unknown method fails before anything starts
+    builders = {m: spec_builder(m) for m in chosen}  # an unknown method fails before anything starts
     setup_tracking(cfg, tracking_uri)  # once, before the threads: creating the experiment is not race-free
     prepare_data(cfg)
     ensure_ray()
@@ -98,7 +99,7 @@ def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: 
         + (f", each black-box search capped at {budget_device_hours:g} device-hours" if budget_s else ""))
     try:
         with ThreadPoolExecutor(max_workers=len(chosen), thread_name_prefix="search") as pool:
-            futures = {pool.submit(run_search, cfg, m, factories[m], tracking_uri=tracking_uri, resume=resume,
+            futures = {pool.submit(run_search, cfg, m, builders[m], tracking_uri=tracking_uri, resume=resume,
                                    fresh=fresh, stopper=control.stopper(budget_s if m in BUDGETED else None)): m
                        for m in chosen}
             try:
@@ -132,15 +133,15 @@ def run_compare_seeds(cfg: ExperimentConfig, methods: list[str], seeds: list[int
     report (per method mean and spread across seeds, beside `planned` search device-hours per seed when given)
     and its plot, written and attached to that run."""
     from da2_platform.report import build_seeds_report, write_seeds_report
-    from da2_platform.tracking import resolve_tracking_uri, setup_tracking
+    from da2_platform.tracking import mlflow_client, resolve_tracking_uri, setup_tracking
 
     say = progress or (lambda msg: None)
     seeds = list(dict.fromkeys(seeds if seeds else [cfg.seed]))
     several = len(seeds) > 1
     for m in expand_methods(methods, cfg):
-        job_factory(m)  # an unknown method fails before anything starts
+        spec_builder(m)  # an unknown method fails before anything starts
     experiment_id = setup_tracking(seed_config(cfg, seeds[0], several), tracking_uri)
-    client = _client(resolve_tracking_uri(cfg, tracking_uri))
+    client = mlflow_client(resolve_tracking_uri(cfg, tracking_uri))
     parent = client.create_run(experiment_id, run_name=f"compare-{cfg.name}", tags={
         "da2.kind": "compare", "da2.experiment": cfg.name, "da2.seeds": ",".join(map(str, seeds)),
         "da2.methods": ",".join(methods)})
@@ -191,12 +192,6 @@ def _log_spreads(client, run_id: str, report) -> None:
         client.log_batch(run_id, metrics=metrics)
 
 
-def _client(uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
 def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) -> list[FinalTraining]:
     """One Tune trial per method: the one training loop (`Fit`, as `da2 train` runs it: cfg.train.epochs epochs)
     on the full train split, scored on val. A one-pass DA2 search trained its network already: its val AP is
@@ -204,9 +199,10 @@ def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) ->
     from ray import tune
 
     from da2_platform.data.splits import prepare_data
+    from da2_platform.ledger import ledger_row
     from da2_platform.registry import tag_final_ap
+    from da2_platform.search.checkpoints import delete_experiment_checkpoints
     from da2_platform.search.children import child_trainable
-    from da2_platform.search.driver import delete_experiment_checkpoints, ledger_row
     from da2_platform.search.trial import trial_resources
 
     data = prepare_data(cfg)
@@ -228,7 +224,7 @@ def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) ->
         method = result.config["final"]["method"]
         record = {"trial_id": Path(str(result.path)).name, "metrics": dict(result.metrics or {}),
                   "config": {"method": method}, "error": None if result.error is None else str(result.error)}
-        by_method[method] = ledger_row(cfg, f"final:{method}", record)
+        by_method[method] = ledger_row(cfg.name, f"final:{method}", record)
     delete_experiment_checkpoints(storage / f"{cfg.name}-final")  # scored and recorded: the weights are not kept
     out = []
     for o in outcomes:

@@ -39,12 +39,14 @@ class DataConfig(_Section):
     synth_seed: int | None = None  # None: the experiment's seed, so seeds vary the data draw too
     # val/target style against train: `none` (train's), `wide` (every factor at once, far), or a deployment style
     # that moves a few named factors an op of the space can reproduce (da2_platform/data/synthpose.py, SHIFTS)
-    synth_shift: Literal["none", "wide", "lowlight", "lowlight-tilt"] = "none"
+    synth_shift: Literal["none", "wide", "lowlight", "lowlight-tilt"] = "lowlight"
     train_annotations: Path | None = None
     train_images: Path | None = None
     val_annotations: Path | None = None
     val_images: Path | None = None
-    search_val: Literal["from_train", "target"] = "from_train"
+    # None: `target` for SynthPose (its target split, drawn in the val style: searches score where val is), and
+    # `from_train` for COCO (all a team may have is one labelled set)
+    search_val: Literal["from_train", "target"] | None = None
     search_val_annotations: Path | None = None  # COCO with search_val: target
     search_val_images: Path | None = None
     input_size: tuple[int, int] = (64, 48)  # (H, W)
@@ -61,6 +63,8 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _target_files(self) -> DataConfig:
+        if self.search_val is None:
+            self.search_val = "target" if self.kind == "synthpose" else "from_train"
         if self.kind == "coco" and self.search_val == "target":
             for key in ("search_val_annotations", "search_val_images"):
                 if getattr(self, key) is None:
@@ -149,14 +153,17 @@ class TrainConfig(_Section):
 class DA2Config(_Section):
     """DA2 search (Eq. 2-12): K sub-policies of N ops, relaxed and trained with the network weights."""
 
-    sub_policies: int = Field(24, ge=1)  # K
+    # K; None: every unordered N-tuple of the searched ops (C(17, 2) = 136 pairs), so DA2 reaches every policy a
+    # baseline can return; a number deals K tuples by `slot_design`
+    sub_policies: int | None = Field(None, ge=1)
     ops_per_sub_policy: int = Field(2, ge=1)  # N
     tau1: float = Field(0.5, gt=0)  # Gumbel-softmax temperature (sub-policy choice)
     tau2: float = Field(0.5, gt=0)  # relaxed Bernoulli temperature (op on/off)
     hard_choice: bool = True  # one sub-policy per image, straight-through gradient
-    # d gradient: "score" = per-image alignment credits <grad_w l_i, grad_w L_val> with a score-function gradient
-    # (op-specific, see search/bilevel.py); "relaxed" = Eq. 12's finite difference through the relaxed policy
-    estimator: Literal["score", "relaxed"] = "score"
+    # d gradient, set by the method's name (`--method da2` / `da2:score`): "relaxed" = the paper's Eq. 12 finite
+    # difference through the relaxed policy; "score" = per-image alignment credits <grad_w l_i, grad_w L_val> with
+    # a score-function gradient (the variant, see search/bilevel.py)
+    estimator: Literal["score", "relaxed"] = "relaxed"
     hypergradient: Literal["central", "forward"] = "central"  # Eq. 12 central difference, or the cheaper one-sided
     slot_design: Literal["random", "balanced"] = "balanced"  # balanced: every op in (almost) equally many slots
     policy_update_every: int = Field(1, ge=1)  # a d step after every n-th w step (1: every step)
@@ -169,13 +176,13 @@ class DA2Config(_Section):
     # Without it the search cannot see that a policy without HorizontalFlip ruins flip-test AP (measured)
     val_flip_test: bool | None = None
     val_batch_size: int | None = Field(None, ge=1)  # search-val batch of a d step; None: train.batch_size
-    val_grad_every: int = Field(1, ge=1)  # score: recompute grad_w L_val every n d steps, reuse it in between
+    val_grad_every: int = Field(1, ge=1)  # da2:score only: recompute grad_w L_val every n d steps, reuse it between
     # score: this share of sub-policy draws is uniform, the rest from pi (importance-weighted). Without it pi
     # concentrated on one sub-policy and an op's other slots got no images, so their p froze (measured, README)
     explore: float = Field(0.2, ge=0, lt=1)
     # Adam moves a logit by about lr per d update, so noise alone walks it about lr*sqrt(T) in T updates while a
     # steady signal drifts lr*T*SNR. None: 0.05 * sqrt(300 / T) for the search's T d updates (0.027 at 1,000), so
-    # chance moves a logit under one unit at any search length (search/da2_job.py, README)
+    # chance moves a logit under one unit at any search length (search/da2.py, README)
     policy_lr: float | None = Field(None, gt=0)
     # pi's learning rate is the policy lr times this. 0.2 kept pi from starving an op's other slots in planted
     # searches but cost 0.016-0.025 final AP on the testbed, where the policy gains by concentrating (README)
@@ -191,29 +198,51 @@ class DA2Config(_Section):
     top_n: int = Field(5, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0])  # one Ray Tune trial per seed
 
-    @model_validator(mode="after")
-    def _val_grad_every_needs_score(self) -> DA2Config:
-        if self.val_grad_every > 1 and self.estimator != "score":
-            raise ValueError("val_grad_every: reusing the val gradient is built for estimator 'score' only")
-        return self
-
 
 class DiscreteSearchConfig(_Section):
     """Shared by RL, Optuna and PBA: K sub-policies of N ops, p in 11 bins, m in 10 bins."""
 
     sub_policies: int = Field(5, ge=1)
     ops_per_sub_policy: int = Field(2, ge=1)
-    trials: int = Field(4, ge=1)  # the CPU demo's (PBA: a population of 4); benchmark configs set their own
+    trials: int = Field(4, ge=1)  # children at most (PBA: the population); a budget usually ends the search first
     child_steps: int = Field(30, ge=1)
     concurrent: int = Field(2, ge=1)
+    evals: int = Field(2, ge=1)  # search-val scorings per child (ASHA's rungs, PBT's perturbation points)
     time_budget_s: float | None = Field(None, gt=0)  # wall-clock cap of the search (Tune time_budget_s)
+
+
+class RLSearchConfig(DiscreteSearchConfig):
+    """RL-AutoAugment: the controller takes one PPO step per `ppo_batch` child rewards (AutoAugment updates it on
+    batches of sampled policies), whatever the concurrency; the final policy is the top `top_children` children's
+    sub-policies (AutoAugment: the top 5 policies' 25)."""
+
+    ppo_batch: int = Field(8, ge=1)
+    top_children: int = Field(5, ge=1)
+
+
+class OptunaSearchConfig(DiscreteSearchConfig):
+    """TPE + ASHA: `startup_trials` random trials before TPE (None: a third of the trials the search can afford,
+    at most 10, Optuna's default); ASHA rungs at evaluations 1, 2, 4, ... below `evals` (4 evals: two rungs)."""
+
+    evals: int = Field(4, ge=3)  # at least two ASHA rungs below the last evaluation
+    startup_trials: int | None = Field(None, ge=1)
+
+
+class PBASearchConfig(DiscreteSearchConfig):
+    """PBA on PBT: a population of `trials` children (at least 8, as PBA's search script runs 16), exploit and
+    explore every `perturbation_interval` evaluations (PBA: every 3 epochs)."""
+
+    trials: int = Field(8, ge=8)
+    child_steps: int = Field(15, ge=1)  # the CPU demo's: 8 x 15 steps, evaluated 6 times (two perturbations)
+    evals: int = Field(6, ge=2)
+    perturbation_interval: int = Field(3, ge=1)
 
 
 class SearchConfig(_Section):
     da2: DA2Config = Field(default_factory=DA2Config)
-    rl: DiscreteSearchConfig = Field(default_factory=DiscreteSearchConfig)
-    optuna: DiscreteSearchConfig = Field(default_factory=DiscreteSearchConfig)
-    pba: DiscreteSearchConfig = Field(default_factory=lambda: DiscreteSearchConfig(trials=4))
+    rl: RLSearchConfig = Field(default_factory=RLSearchConfig)
+    optuna: OptunaSearchConfig = Field(default_factory=OptunaSearchConfig)
+    pba: PBASearchConfig = Field(default_factory=PBASearchConfig)
     fixed: list[str] = Field(default_factory=lambda: ["none", "standard-pose", "randaugment", "trivialaugment"])
     # HorizontalFlip in the searched space (every method's): off by default, since the base augmentation has it
     include_flip: bool = False

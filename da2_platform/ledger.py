@@ -10,6 +10,7 @@ trial that is already there adds nothing, so a resumed search never counts a tri
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 import uuid
@@ -68,6 +69,24 @@ def device_seconds(wall_seconds: float, gpus: float, cpus: float) -> tuple[str, 
     if gpus > 0:
         return "gpu", float(gpus), wall_seconds * gpus
     return "cpu", float(cpus), wall_seconds * cpus
+
+
+def ledger_row(experiment: str, method: str, r: dict) -> LedgerRow:
+    """The row of a trial record {"trial_id", "metrics" (its last report), "config", "error"} of a search."""
+    m = r["metrics"]
+    status = "failed" if r["error"] else ("completed" if m.get("complete") else "stopped")
+    start = m.get("trial_start")
+    start_iso = datetime.fromtimestamp(start, UTC).isoformat(timespec="milliseconds") if start else ""
+    end = m.get("trial_end") or (start + float(m.get("wall_seconds", 0.0)) if start else None)  # last report
+    end_iso = datetime.fromtimestamp(end, UTC).isoformat(timespec="milliseconds") if end else utc_now()
+    config = {k: v for k, v in r["config"].items() if k != "policy_json"}
+    return LedgerRow(
+        experiment=experiment, method=method, trial_id=str(r["trial_id"]), policy_json=m.get("policy_json", ""),
+        device_kind=m.get("device_kind", "cpu"), devices_held=float(m.get("devices_held", 0.0)),
+        wall_seconds=float(m.get("wall_seconds", 0.0)), device_seconds=float(m.get("device_seconds", 0.0)),
+        val_ap=float(m.get("val_ap", 0.0)), status=status, start_time=start_iso, end_time=end_iso,
+        steps=int(m.get("step", 0)), config_json=json.dumps(config, sort_keys=True, default=str),
+    )
 
 
 _PART_LOCKS: dict[Path, threading.Lock] = {}  # one writer per part file within a process (da2 compare's threads)

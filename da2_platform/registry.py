@@ -19,7 +19,7 @@ from pathlib import Path
 
 from da2_platform import __version__
 from da2_platform.config import ExperimentConfig
-from da2_platform.errors import TrackingError
+from da2_platform.errors import Da2Error, TrackingError
 from search_spaces.policy import Policy
 
 POLICY_FILE = "policy.json"  # inside a policy version's source folder
@@ -253,3 +253,25 @@ def register_trained_model(cfg: ExperimentConfig, checkpoint: Path, metrics: dic
         except MlflowException as e:
             raise TrackingError(f"registering model {name!r}: {e.message}") from None
     return run.info.run_id, str(mv.version)
+
+
+def register_search_model(cfg: ExperimentConfig, uri: str, best: dict, model_file: str, policy_version: str,
+                          val_ap: float | None, search_val_ap: float) -> str:
+    """One-pass DA2: register the best trial's own network (its last checkpoint) as a `p2net` version whose tags
+    name the policy version it trained with, and tag that policy version with the network's version and val AP."""
+    from da2_platform.tracking import mlflow_client
+
+    if not best.get("checkpoint"):
+        raise Da2Error(f"one-pass {cfg.name!r}: trial {best['trial_id']} left no checkpoint to register")
+    name = cfg.tracking.registered_policy
+    metrics = {"search_val_AP": search_val_ap, **({"val_AP": float(val_ap)} if val_ap is not None else {})}
+    _, model_version = register_trained_model(cfg, Path(best["checkpoint"]) / model_file, metrics,
+                                              policy_ref=f"models:/{name}/{policy_version}",
+                                              policy_version=policy_version, policy_name=name, tracking_uri=uri)
+    client = mlflow_client(uri)
+    client.set_model_version_tag(name, policy_version, "da2.model_name", cfg.tracking.registered_model)
+    client.set_model_version_tag(name, policy_version, "da2.model_version", model_version)
+    if val_ap is not None:
+        tag_final_ap(name, policy_version, float(val_ap),
+                     f"one-pass DA2 {cfg.name}: the search's own network ({cfg.train.epochs} epochs), val AP")
+    return model_version

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from da2_platform.config import ExperimentConfig
 from da2_platform.errors import TrackingError
+
+MLFLOW_LOCK = threading.RLock()  # one MLflow writer at a time in this process (SQLite stores lock the file)
 
 
 def resolve_tracking_uri(cfg: ExperimentConfig, override: str | None = None) -> str:
@@ -47,6 +50,13 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
     elif uri.startswith(("file:", "/")) or "://" not in uri:
         raise TrackingError(f"tracking URI {uri!r}: MLflow 3's model registry needs a database or a server "
                             "(use sqlite:///path/mlflow.db or http://host:port)")
+
+
+def mlflow_client(uri: str):
+    """A client of the tracking store and registry at `uri` (no global MLflow state is changed)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def point_mlflow_at(uri: str) -> None:

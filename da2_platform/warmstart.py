@@ -90,7 +90,7 @@ def _pretrain(cfg: ExperimentConfig, settings: PretrainSettings, folder: Path, w
 
     from da2_platform.data.topdown import TopDownDataset
     from da2_platform.policies import resolve_policy
-    from da2_platform.search.da2_job import BatchStream
+    from da2_platform.search.da2 import BatchStream
     from da2_platform.training.loop import build_model, device_augment
     from da2_platform.training.step import TrainingStep, make_optimizer, seed_everything
     from pose_models.losses import P2NetLoss

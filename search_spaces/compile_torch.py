@@ -100,5 +100,6 @@ class PolicyModule(nn.Module):
 def compile_policy(
     policy: Policy, flip_pairs: Sequence[Sequence[int]], generator: torch.Generator | None = None
 ) -> PolicyModule:
-    """The batched torch module of `policy` (what Policy.to_torch returns)."""
+    """The batched torch module of `policy`: module(batch: PoseBatch) -> PoseBatch, per-image sub-policy choice
+    by weight, per-op coin flips by p."""
     return PolicyModule(policy, flip_pairs, generator)

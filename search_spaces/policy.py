@@ -14,6 +14,9 @@ Policy validates the whole tree through the schema, so errors name the path from
 
 `to_json` writes the canonical text (sorted keys, two-space indent, Python's shortest round-trip float repr,
 no `name`/`metadata` keys when they are unset), so canonical JSON -> Policy -> JSON is exact.
+
+A Policy is data and knows no compiler: `search_spaces.compile_torch.compile_policy(policy, ...)` builds the
+batched GPU module and `search_spaces.compile_albumentations.compile_policy(policy, ...)` the CPU pipeline.
 """
 
 from __future__ import annotations
@@ -25,18 +28,12 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
 from search_spaces.ops import OP_NAMES, SEARCH_SPACE_NAME
-
-if TYPE_CHECKING:
-    import torch
-
-    from search_spaces.compile_albumentations import AlbumentationsPolicy
-    from search_spaces.compile_torch import PolicyModule
 
 SCHEMA_VERSION = 1
 WEIGHT_SUM_TOLERANCE = 1e-6
@@ -253,26 +250,6 @@ class Policy:
     @property
     def num_ops(self) -> int:
         return sum(len(s.ops) for s in self.sub_policies)
-
-    # --- compilers ----------------------------------------------------------------------------------------
-
-    def to_torch(
-        self, flip_pairs: Sequence[Sequence[int]], generator: torch.Generator | None = None
-    ) -> PolicyModule:
-        """A batched module: module(batch: PoseBatch) -> PoseBatch, per-image sub-policy choice by weight,
-        per-op coin flips by p (see search_spaces.compile_torch)."""
-        from search_spaces.compile_torch import compile_policy
-
-        return compile_policy(self, flip_pairs, generator)
-
-    def to_albumentations(
-        self, flip_pairs: Sequence[Sequence[int]], seed: int | None = None
-    ) -> AlbumentationsPolicy:
-        """A picklable callable (image_uint8_hwc, keypoints [J, 2], visible [J]) -> same, wrapping an A.Compose
-        (see search_spaces.compile_albumentations)."""
-        from search_spaces.compile_albumentations import compile_policy
-
-        return compile_policy(self, flip_pairs, seed)
 
 
 def _as_float(value: Any) -> Any:

@@ -110,7 +110,7 @@ def test_a_target_style_is_deterministic_per_seed_and_disjoint_from_train_and_va
 def test_seeds_draw_different_training_images(tmp_path):
     from da2_platform.data.splits import prepare_data
 
-    datas = [prepare_data(load_config(None, {"workdir": str(tmp_path), "seed": s, "data.synth_train": 2,
+    datas = [prepare_data(load_config(None, {"workdir": str(tmp_path), "seed": s, "data.synth_train": 2, "data.synth_search_val": 1,
                                              "data.synth_val": 1})) for s in (0, 1)]
     first = [min(d.train_images.iterdir()).read_bytes() for d in datas]
     assert datas[0].train_images != datas[1].train_images and first[0] != first[1]

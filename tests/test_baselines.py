@@ -1,4 +1,4 @@
-"""The baselines as a user meets them: one job builder per method, and the README's own-Tuner example, run as
+"""The baselines as a user meets them: one search spec builder per method, and the README's own-Tuner example, run as
 written (the RL Searcher and the PBA scheduler in a user's Tuner with a user's trainable)."""
 
 from __future__ import annotations
@@ -18,26 +18,23 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", after, re.DOTALL).group(1)
 
 
-def test_one_job_builder_per_method_from_baselines():
-    from baselines.fixed import make_fixed_job
-    from baselines.optuna_search import make_optuna_job
-    from baselines.pba import make_pba_job
-    from baselines.rl_autoaugment.job import make_rl_job
+def test_one_spec_builder_per_method():
     from da2_platform.errors import ConfigError
     from da2_platform.search import children, methods
-    from da2_platform.search.da2_job import make_da2_job
     from search_spaces.policy import PolicyError
 
-    assert methods.job_factory("da2") is make_da2_job
-    assert methods.job_factory("rl") is make_rl_job
-    assert methods.job_factory("optuna") is make_optuna_job
-    assert methods.job_factory("pba") is make_pba_job
-    assert methods.job_factory("fixed:none").__qualname__ == make_fixed_job("none").__qualname__
-    assert not hasattr(children, "job_factory")  # one job_factory, not two
+    for name in ("da2", "da2:score"):  # one builder; the name picks the estimator
+        assert methods.spec_builder(name).func is methods.da2_spec
+        assert methods.spec_builder(name).keywords == {"method": name}
+    assert methods.spec_builder("rl") is methods.rl_spec
+    assert methods.spec_builder("optuna") is methods.optuna_spec
+    assert methods.spec_builder("pba") is methods.pba_spec
+    assert methods.spec_builder("fixed:none").__qualname__ == methods.fixed_spec("none").__qualname__
+    assert not hasattr(children, "spec_builder")  # one spec_builder, not two
     with pytest.raises(ConfigError, match="unknown method 'bogus'"):
-        methods.job_factory("bogus")
+        methods.spec_builder("bogus")
     with pytest.raises(PolicyError):
-        methods.job_factory("fixed:bogus")
+        methods.spec_builder("fixed:bogus")
 
 
 @pytest.mark.slow

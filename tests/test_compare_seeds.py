@@ -96,7 +96,8 @@ def write_config(workdir: Path, synth, name: str = "cmp") -> Path:
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "name": name, "seed": 0, "workdir": str(workdir), "tracking": {"experiment": "cmp"},
-        "data": {"root": str(synth.root), "synth_train": 24, "synth_val": 8},
+        "data": {"root": str(synth.root), "synth_train": 24, "synth_val": 8, "synth_seed": 0, "synth_shift": "none",
+                 "search_val": "from_train"},
         "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 1, "eval_batch_size": 16, "flip_test": False},
         "search": {"rl": {"child_steps": 1}},
     }))

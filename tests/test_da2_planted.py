@@ -16,7 +16,7 @@ from torch import nn
 from da2_platform.config import ExperimentConfig
 from da2_platform.data.heatmaps import render_heatmaps
 from da2_platform.data.topdown import TopDownDataset
-from da2_platform.search.da2_job import make_da2_step
+from da2_platform.search.da2 import make_da2_step
 from da2_platform.search.relaxed_policy import PolicyChoices, RelaxedPolicy
 from da2_platform.training.step import make_optimizer
 from pose_models.p2net import P2NetOutput

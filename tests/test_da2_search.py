@@ -12,7 +12,7 @@ import torch
 from da2_platform.config import load_config
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.errors import TrainingError
-from da2_platform.search.da2_job import DA2Search
+from da2_platform.search.da2 import DA2Search
 from da2_platform.training.loop import (
     CHECKPOINT_KIND,
     Fit,
@@ -26,7 +26,8 @@ INPUT = (64, 48)
 
 def one_pass_config(tmp_path, synth, one_pass: bool = True, **da2):
     return load_config(None, {
-        "workdir": str(tmp_path), "data.root": str(synth.root), "data.synth_train": 24, "data.synth_val": 8,
+        "workdir": str(tmp_path), "data.root": str(synth.root), "data.synth_seed": 0, "data.synth_shift": "none",
+        "data.search_val": "from_train", "data.synth_train": 24, "data.synth_val": 8,
         "train.batch_size": 8, "train.epochs": 2, "train.lr_milestones": [1], "train.flip_test": False,
         "search.da2.sub_policies": 4, "search.da2.steps": 3, "search.da2.one_pass": one_pass,
         **{f"search.da2.{k}": v for k, v in da2.items()}})
@@ -108,7 +109,8 @@ def test_val_gradient_is_recomputed_every_n_d_steps(synthpose_small, tmp_path, e
     """`val_grad_every: 2` runs the val pass at d steps 1, 3, ... and reuses its gradient (and loss) between;
     every d step still moves the policy."""
     train, val = datasets(synthpose_small)
-    cfg = one_pass_config(tmp_path, synthpose_small, one_pass=False, steps=4, val_grad_every=every)
+    cfg = one_pass_config(tmp_path, synthpose_small, one_pass=False, steps=4, val_grad_every=every,
+                          estimator="score")
     search = DA2Search(cfg, train, val, torch.device("cpu"))
     calls = []
     inner = search.step_fn.val_loss
@@ -125,11 +127,18 @@ def test_val_gradient_is_recomputed_every_n_d_steps(synthpose_small, tmp_path, e
         assert len(set(losses)) == 4
 
 
-def test_val_gradient_reuse_is_refused_for_the_relaxed_estimator():
-    from da2_platform.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="search.da2: .*val_grad_every: .*estimator 'score' only"):
-        load_config(None, {"search.da2.val_grad_every": 4, "search.da2.estimator": "relaxed"})
+def test_val_gradient_reuse_is_da2_score_only(synthpose_small, tmp_path):
+    """One config serves both methods: `da2` (relaxed) takes its val pass at every d step whatever
+    val_grad_every says; the setting is the variant's."""
+    train, val = datasets(synthpose_small)
+    cfg = one_pass_config(tmp_path, synthpose_small, one_pass=False, steps=2, val_grad_every=2)
+    assert cfg.search.da2.estimator == "relaxed"
+    search = DA2Search(cfg, train, val, torch.device("cpu"))
+    calls = []
+    inner = search.step_fn.val_loss
+    search.step_fn.val_loss = lambda *a, **k: calls.append(1) or inner(*a, **k)
+    search.step(), search.step()
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize(("one_pass", "da2", "updates"), [

@@ -28,7 +28,8 @@ psutil = pytest.importorskip("psutil")
 def write_config(workdir: Path, synth, **search) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = {"name": "faults", "seed": 0, "workdir": str(workdir),
-           "data": {"root": str(synth.root), "synth_train": 24, "synth_val": 8},
+           "data": {"root": str(synth.root), "synth_train": 24, "synth_val": 8, "synth_seed": 0, "synth_shift": "none",
+                 "search_val": "from_train"},
            "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16},
            "search": {"rl": {"trials": 2, "child_steps": 2, "concurrent": 1, "sub_policies": 2}, **search}}
     path = workdir / "config.yaml"

@@ -14,7 +14,8 @@ from da2_platform.training.loop import Fit, build_model, model_from_checkpoint
 
 @pytest.mark.slow
 def test_registered_p2net_loads_with_mlflow_and_predicts_the_checkpoints_heatmaps(synthpose_small, tmp_path):
-    cfg = load_config(None, {"workdir": str(tmp_path), "data.root": str(synthpose_small.root),
+    cfg = load_config(None, {"workdir": str(tmp_path), "data.root": str(synthpose_small.root), "data.synth_seed": 0, "data.synth_shift": "none",
+        "data.search_val": "from_train",
                              "data.synth_train": 24, "data.synth_val": 8, "train.batch_size": 8,
                              "train.epochs": 1, "train.max_steps_per_epoch": 2})
     dataset = TopDownDataset(synthpose_small.train_annotations, synthpose_small.train_images,

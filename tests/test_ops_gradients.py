@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search_spaces import OP_NAMES, OPS, PoseBatch, apply_op, op_affine
+from search_spaces import OP_NAMES, OPS, PoseBatch, apply_op, compile_torch, op_affine
 from search_spaces.ops import STRAIGHT_THROUGH_GRADIENT
 
 CONTINUOUS = [name for name in OP_NAMES if OPS[name].differentiable_magnitude]
@@ -141,7 +141,7 @@ def test_policy_module_and_batch_put_keep_the_image_gradient():
 
     images = torch.rand(6, 3, 32, 24, requires_grad=True)
     batch = PoseBatch(images=images, keypoints=torch.full((6, 2, 2), 10.0), visible=torch.ones(6, 2))
-    out = fixed_policy("randaugment").to_torch([], generator=torch.Generator().manual_seed(0))(batch)
+    out = compile_torch.compile_policy(fixed_policy("randaugment"), [], generator=torch.Generator().manual_seed(0))(batch)
     _weighted_sum(out.images).sum().backward()
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
     part = batch.select(torch.tensor([1, 3]))

@@ -16,7 +16,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search_spaces import OP_NAMES, OPS, OpSetting, Policy, PoseBatch, SubPolicy, apply_op
+from search_spaces import (
+    OP_NAMES,
+    OPS,
+    OpSetting,
+    Policy,
+    PoseBatch,
+    SubPolicy,
+    apply_op,
+    compile_albumentations,
+    compile_torch,
+)
 from search_spaces.compile_albumentations import single_op_pipeline
 from search_spaces.ops import flip_permutation
 
@@ -178,7 +188,7 @@ def test_random_geometric_policies_keep_blobs_under_joints(policy, seed):
     blob = _blob_image(BLOB_JOINTS, BLOB_SIZE, sigma=2.0)
     visible = np.ones(len(BLOB_JOINTS), dtype=np.float32)
     rgb = np.repeat((blob * 255).round().astype(np.uint8)[..., None], 3, axis=2)
-    cpu_image, cpu_kp, cpu_vis = policy.to_albumentations(BLOB_FLIP_PAIRS, seed=seed)(
+    cpu_image, cpu_kp, cpu_vis = compile_albumentations.compile_policy(policy, BLOB_FLIP_PAIRS, seed=seed)(
         rgb, BLOB_JOINTS, visible
     )
     assert_blobs_under_joints(cpu_image[..., 0] / 255.0, cpu_kp, cpu_vis, "albumentations", tolerance_px=1.0)
@@ -188,7 +198,7 @@ def test_random_geometric_policies_keep_blobs_under_joints(policy, seed):
         torch.from_numpy(BLOB_JOINTS)[None],
         torch.from_numpy(visible)[None],
     )
-    out = policy.to_torch(BLOB_FLIP_PAIRS, generator=torch.Generator().manual_seed(seed))(batch)
+    out = compile_torch.compile_policy(policy, BLOB_FLIP_PAIRS, generator=torch.Generator().manual_seed(seed))(batch)
     assert_blobs_under_joints(
         out.images[0, 0].numpy(), out.keypoints[0].numpy(), out.visible[0].numpy(), "torch", tolerance_px=1.0
     )

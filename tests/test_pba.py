@@ -119,7 +119,7 @@ def test_a_real_pbt_run_explores_as_pba_does(ray_session, tmp_path):
     from search_spaces.policy import Policy
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    pbt, start = make_pba(SMALL, seed=3)
+    pbt, start = make_pba(SMALL, seed=3, perturbation_interval=1)  # the explore mechanics, at every report
     results = Tuner(scheduled_child, param_space=start,
                     tune_config=TuneConfig(scheduler=pbt, num_samples=4, max_concurrent_trials=4, reuse_actors=True),
                     run_config=RunConfig(name="pba", storage_path=str(tmp_path), verbose=0)).fit()

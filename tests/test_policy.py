@@ -19,6 +19,8 @@ from search_spaces import (
     PolicyError,
     PoseBatch,
     SubPolicy,
+    compile_albumentations,
+    compile_torch,
     fixed_policy,
 )
 
@@ -215,7 +217,7 @@ def test_none_policy_is_the_identity_in_both_compilers():
     policy = fixed_policy("none")
     image = np.random.default_rng(0).integers(0, 256, (32, 24, 3), dtype=np.uint8)
     keypoints = np.array([[3.0, 4.0], [20.0, 30.0]], dtype=np.float32)
-    out = policy.to_albumentations([], seed=0)(image, keypoints, np.ones(2, np.float32))
+    out = compile_albumentations.compile_policy(policy, [], seed=0)(image, keypoints, np.ones(2, np.float32))
     np.testing.assert_array_equal(out[0], image)
     np.testing.assert_array_equal(out[1], keypoints)
     batch = PoseBatch(
@@ -223,7 +225,7 @@ def test_none_policy_is_the_identity_in_both_compilers():
         torch.from_numpy(keypoints)[None],
         torch.ones(1, 2),
     )
-    result = policy.to_torch([])(batch)
+    result = compile_torch.compile_policy(policy, [])(batch)
     assert torch.equal(result.images, batch.images) and torch.equal(result.keypoints, batch.keypoints)
 
 
@@ -278,12 +280,12 @@ COIN = Policy((SubPolicy(1.0, (OpSetting("Solarize", 0.3, 1.0),)),))
 
 def _fractions_torch(policy: Policy, count: int = 4000) -> float:
     batch = PoseBatch(torch.full((count, 3, 4, 4), 0.2), torch.zeros(count, 1, 2), torch.ones(count, 1))
-    out = policy.to_torch([], generator=torch.Generator().manual_seed(0))(batch)
+    out = compile_torch.compile_policy(policy, [], generator=torch.Generator().manual_seed(0))(batch)
     return float((out.images[:, 0, 0, 0] > 0.7).float().mean())
 
 
 def _fractions_albumentations(policy: Policy, count: int = 2000) -> float:
-    pipeline = policy.to_albumentations([], seed=0)
+    pipeline = compile_albumentations.compile_policy(policy, [], seed=0)
     image = np.full((4, 4, 3), 51, dtype=np.uint8)
     hits = sum(
         pipeline(image, np.zeros((1, 2), np.float32), np.ones(1, np.float32))[0][0, 0, 0] > 178
@@ -308,7 +310,7 @@ def test_compilers_are_reproducible_from_their_seed():
     keypoints, visible = np.array([[12.0, 16.0]], np.float32), np.ones(1, np.float32)
 
     def run(seed: int) -> list[np.ndarray]:
-        pipeline = policy.to_albumentations([], seed=seed)
+        pipeline = compile_albumentations.compile_policy(policy, [], seed=seed)
         return [pipeline(image, keypoints, visible)[0] for _ in range(6)]
 
     assert all(np.array_equal(a, b) for a, b in zip(run(3), run(3)))
@@ -319,9 +321,9 @@ def test_compilers_are_reproducible_from_their_seed():
         torch.full((8, 1, 2), 12.0),
         torch.ones(8, 1),
     )
-    first = policy.to_torch([], generator=torch.Generator().manual_seed(5))(batch).images
-    second = policy.to_torch([], generator=torch.Generator().manual_seed(5))(batch).images
-    other = policy.to_torch([], generator=torch.Generator().manual_seed(6))(batch).images
+    first = compile_torch.compile_policy(policy, [], generator=torch.Generator().manual_seed(5))(batch).images
+    second = compile_torch.compile_policy(policy, [], generator=torch.Generator().manual_seed(5))(batch).images
+    other = compile_torch.compile_policy(policy, [], generator=torch.Generator().manual_seed(6))(batch).images
     assert torch.equal(first, second) and not torch.equal(first, other)
 
 
@@ -329,9 +331,9 @@ def test_albumentations_policy_pickles_and_reseeds_per_dataloader_worker():
     """Workers get distinct random streams (not copies of one), and the pipeline survives pickling (spawn)."""
     from torch.utils.data import DataLoader, Dataset
 
-    pipeline = Policy(
+    pipeline = compile_albumentations.compile_policy(Policy(
         (SubPolicy(1.0, (OpSetting("Brightness", 0.5, 1.0), OpSetting("Solarize", 0.5, 0.5))),)
-    ).to_albumentations([], seed=0)
+    ), [], seed=0)
     image = np.full((4, 4, 3), 100, dtype=np.uint8)
     restored = pickle.loads(pickle.dumps(pipeline))
     assert restored(image, np.zeros((1, 2), np.float32), np.ones(1, np.float32))[0].shape == (4, 4, 3)
@@ -349,7 +351,7 @@ def test_albumentations_policy_pickles_and_reseeds_per_dataloader_worker():
 
 
 def test_albumentations_policy_checks_its_inputs():
-    pipeline = fixed_policy("standard-pose").to_albumentations([(0, 1)], seed=0)
+    pipeline = compile_albumentations.compile_policy(fixed_policy("standard-pose"), [(0, 1)], seed=0)
     with pytest.raises(ValueError, match="uint8 HxWx3"):
         pipeline(np.zeros((8, 8, 3), np.float32), np.zeros((2, 2), np.float32), np.ones(2, np.float32))
     with pytest.raises(ValueError, match=r"keypoints \[J, 2\] and visible \[J\]"):
@@ -363,7 +365,7 @@ def test_standard_pose_as_a_dataset_transform(synthpose_small):
     plain = TopDownDataset(
         synthpose_small.train_annotations, synthpose_small.train_images, input_size=(64, 48)
     )
-    transform = fixed_policy("standard-pose").to_albumentations(plain.flip_pairs, seed=0)
+    transform = compile_albumentations.compile_policy(fixed_policy("standard-pose"), plain.flip_pairs, seed=0)
     dataset = TopDownDataset(
         synthpose_small.train_annotations,
         synthpose_small.train_images,
@@ -390,7 +392,7 @@ def test_torch_module_moves_heatmaps_and_keeps_the_batch_shape():
         torch.ones(6, 17),
         heatmaps=torch.rand(6, 17, 16, 12),
     )
-    module = policy.to_torch([(1, 2), (3, 4)], generator=torch.Generator().manual_seed(0))
+    module = compile_torch.compile_policy(policy, [(1, 2), (3, 4)], generator=torch.Generator().manual_seed(0))
     out = module(batch)
     assert out.images.shape == batch.images.shape and out.heatmaps.shape == batch.heatmaps.shape
     assert out.images.dtype == torch.float32 and len(list(module.parameters())) == 0

@@ -10,7 +10,17 @@ import torch
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from search_spaces import OP_NAMES, OPS, OpSetting, Policy, PolicyError, PoseBatch, SubPolicy
+from search_spaces import (
+    OP_NAMES,
+    OPS,
+    OpSetting,
+    Policy,
+    PolicyError,
+    PoseBatch,
+    SubPolicy,
+    compile_albumentations,
+    compile_torch,
+)
 
 SIZE = (64, 48)
 JOINTS = 5
@@ -66,7 +76,7 @@ def test_valid_policies_round_trip_and_run_in_both_compilers(policy, seed):
     assert Policy.from_json(policy.to_json()).to_json() == policy.to_json()
 
     image, keypoints, visible = _crop_inputs(seed)
-    out_image, out_kp, out_vis = policy.to_albumentations(FLIP_PAIRS, seed=seed)(image, keypoints, visible)
+    out_image, out_kp, out_vis = compile_albumentations.compile_policy(policy, FLIP_PAIRS, seed=seed)(image, keypoints, visible)
     assert out_image.shape == image.shape and out_image.dtype == np.uint8
     _assert_joints_sane(out_kp, out_vis, visible)
 
@@ -81,7 +91,7 @@ def test_valid_policies_round_trip_and_run_in_both_compilers(policy, seed):
         batch_vis,
         heatmaps,
     )
-    out = policy.to_torch(FLIP_PAIRS, generator=torch.Generator().manual_seed(seed))(batch)
+    out = compile_torch.compile_policy(policy, FLIP_PAIRS, generator=torch.Generator().manual_seed(seed))(batch)
     assert out.images.shape == batch.images.shape and out.images.dtype == torch.float32
     assert out.heatmaps.shape == heatmaps.shape and torch.isfinite(out.images).all()
     assert out.images.min() >= 0.0 and out.images.max() <= 1.0

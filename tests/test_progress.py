@@ -36,7 +36,8 @@ def test_search_prints_progress_on_stderr_and_one_json_object_on_stdout(synthpos
     config = workdir / "config.yaml"
     config.write_text(yaml.safe_dump({
         "name": "progress", "workdir": str(workdir),
-        "data": {"root": str(synthpose_small.root), "synth_train": 24, "synth_val": 8},
+        "data": {"root": str(synthpose_small.root), "synth_train": 24, "synth_val": 8, "synth_seed": 0, "synth_shift": "none",
+                 "search_val": "from_train"},
         "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2, "eval_batch_size": 16},
         "search": {"rl": {"trials": 2, "child_steps": 2, "concurrent": 2, "sub_policies": 2}},
     }))

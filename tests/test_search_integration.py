@@ -28,7 +28,8 @@ def write_config(workdir: Path, synth, **search) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = {
         "name": "itest", "seed": 0, "workdir": str(workdir),
-        "data": {"root": str(synth.root), "synth_train": 24, "synth_val": 8},
+        "data": {"root": str(synth.root), "synth_train": 24, "synth_val": 8, "synth_seed": 0, "synth_shift": "none",
+                 "search_val": "from_train"},
         "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2, "eval_batch_size": 16},
         "search": {"da2": {"sub_policies": 6, "steps": 4, "checkpoint_every": 2, "seeds": [0],
                            **search.get("da2", {})}},
@@ -44,17 +45,19 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def test_da2_search_logs_mlflow_ledger_and_registers_a_candidate(synthpose_small, tmp_path, ray_session, capsys):
+@pytest.mark.parametrize("method, estimator", [("da2", "relaxed"), ("da2:score", "score")])
+def test_da2_search_logs_mlflow_ledger_and_registers_a_candidate(synthpose_small, tmp_path, ray_session, capsys,
+                                                                 method, estimator):
     cfg = write_config(tmp_path / "w", synthpose_small)
-    out = run_json(["search", "--method", "da2", "--config", str(cfg), "--json"], capsys)
-    assert out["method"] == "da2" and out["registered_version"] == "1" and out["trials"] == 1
+    out = run_json(["search", "--method", method, "--config", str(cfg), "--json"], capsys)
+    assert out["method"] == method and out["registered_version"] == "1" and out["trials"] == 1
     assert 0.0 <= out["best_val_ap"] <= 1.0 and out["device_seconds"] > 0
-    assert len(out["policy"]["sub_policies"]) == 6
+    assert len(out["policy"]["sub_policies"]) == 6 and out["policy"]["metadata"]["method"] == method
 
     uri = f"sqlite:///{(tmp_path / 'w' / 'mlflow' / 'mlflow.db').resolve()}"
     client = client_for(uri)
     run = client.get_run(out["mlflow_run_id"])
-    assert run.data.tags["da2.method"] == "da2"
+    assert run.data.tags["da2.method"] == method and run.data.params["estimator"] == estimator
     assert run.data.params["tau1"] == "0.5" and run.data.params["hypergradient"] == "central"
     assert run.data.metrics["best_val_ap"] == pytest.approx(out["best_val_ap"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "policy")}
@@ -67,7 +70,7 @@ def test_da2_search_logs_mlflow_ledger_and_registers_a_candidate(synthpose_small
     ledger = pq.read_table(tmp_path / "w" / "ledger" / "itest.parquet").to_pylist()
     assert len(ledger) == 1
     row = ledger[0]
-    assert row["method"] == "da2" and row["status"] == "completed" and row["steps"] == 4
+    assert row["method"] == method and row["status"] == "completed" and row["steps"] == 4
     assert row["device_kind"] == "cpu" and row["devices_held"] == 1.0
     assert row["device_seconds"] == pytest.approx(row["wall_seconds"] * row["devices_held"])
     assert row["search_run_id"] == run.info.run_id and json.loads(row["policy_json"])["sub_policies"]
@@ -75,7 +78,7 @@ def test_da2_search_logs_mlflow_ledger_and_registers_a_candidate(synthpose_small
     version = client.get_model_version_by_alias("pose-aug-policy", "candidate")
     assert str(version.version) == "1" and version.run_id == run.info.run_id
     tags = version.tags
-    assert tags["da2.method"] == "da2" and tags["da2.experiment"] == "itest"
+    assert tags["da2.method"] == method and tags["da2.experiment"] == "itest"
     assert tags["da2.search_run_id"] == run.info.run_id and tags["da2.search_space"] == "pose-v1"
     assert float(tags["da2.device_hours"]) == pytest.approx(out["device_seconds"] / 3600, rel=1e-3)
     for key in ("da2.val_ap", "da2.dataset", "da2.code_version"):

@@ -10,7 +10,7 @@ import pytest
 from da2_platform.config import load_config
 from da2_platform.data.splits import prepare_data
 from da2_platform.errors import ConfigError
-from da2_platform.search.driver import trial_settings
+from da2_platform.search.trial import trial_settings
 
 
 def _ids(path: Path) -> set[int]:

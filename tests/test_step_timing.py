@@ -18,7 +18,8 @@ INPUT = (64, 48)
 
 
 def _config(tmp_path, synth):
-    return load_config(None, {"workdir": str(tmp_path), "data.root": str(synth.root), "data.synth_train": 24,
+    return load_config(None, {"workdir": str(tmp_path), "data.root": str(synth.root), "data.synth_seed": 0, "data.synth_shift": "none",
+        "data.search_val": "from_train", "data.synth_train": 24,
                               "data.synth_val": 8, "data.input_size": list(INPUT), "train.batch_size": 8,
                               "train.epochs": 2, "train.max_steps_per_epoch": 2})
 

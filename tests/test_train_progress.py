@@ -59,7 +59,8 @@ def test_train_prints_a_line_per_epoch_and_one_json_object(synthpose_small, tmp_
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump({
         "name": "progress", "workdir": str(tmp_path / "w"),
-        "data": {"root": str(synthpose_small.root), "synth_train": 24, "synth_val": 8},
+        "data": {"root": str(synthpose_small.root), "synth_train": 24, "synth_val": 8, "synth_seed": 0, "synth_shift": "none",
+                 "search_val": "from_train"},
         "train": {"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 2, "eval_batch_size": 16},
     }))
     assert main(["train", "--config", str(config), "--no-register", "--json"]) == 0

@@ -23,7 +23,8 @@ INPUT = (64, 48)
 
 
 def small_config(tmp_path: Path, synth, **train):
-    return load_config(None, {"workdir": str(tmp_path), "data.root": str(synth.root), "data.synth_train": 24,
+    return load_config(None, {"workdir": str(tmp_path), "data.root": str(synth.root), "data.synth_seed": 0, "data.synth_shift": "none",
+        "data.search_val": "from_train", "data.synth_train": 24,
                               "data.synth_val": 8, "train.batch_size": 8, **{f"train.{k}": v for k, v in train.items()}})
 
 
@@ -116,7 +117,8 @@ def _train_cfg(workdir: Path, synth, epochs: int) -> Path:
     path = workdir / "cfg.yaml"
     path.write_text(yaml.safe_dump({
         "name": "resume", "workdir": str(workdir),
-        "data": {"root": str(synth.root), "synth_train": 24, "synth_val": 8},
+        "data": {"root": str(synth.root), "synth_train": 24, "synth_val": 8, "synth_seed": 0, "synth_shift": "none",
+                 "search_val": "from_train"},
         "train": {"epochs": epochs, "batch_size": 8, "max_steps_per_epoch": 2, "eval_batch_size": 16},
     }))
     return path
@@ -262,7 +264,7 @@ def test_da2_w_step_and_a_child_step_reach_identical_weights(synthpose_small, tm
     """DA2's w step is the shared training step: on one augmented batch (a fixed draw of DA2's policy) from one
     initialisation, `ScoreStep.w_step` and a child's `TrainingStep` leave identical weights and optimiser state
     (the child and production steps are shown identical above)."""
-    from da2_platform.search.da2_job import make_da2_step, with_targets
+    from da2_platform.search.da2 import make_da2_step, with_targets
     from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
 
     cfg = small_config(tmp_path, synthpose_small, epochs=1)

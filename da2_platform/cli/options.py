@@ -20,9 +20,9 @@ METHOD_HELP = ("The search method: da2, rl, optuna, pba, or fixed:NAME (NAME: no
 def check_method(method: str) -> str:
     """Typer callback of --method: fixed:NAME forms rule out a plain choice, so the name is checked here, before
     anything loads (an unknown method or fixed policy is one `error:` line, exit 2)."""
-    from da2_platform.search.methods import job_factory
+    from da2_platform.search.methods import spec_builder
 
-    job_factory(method)
+    spec_builder(method)
     return method
 
 

@@ -14,6 +14,7 @@ import typer
 
 from da2_platform.cli.options import parse_hw
 from da2_platform.cli.output import console, emit_json, print_table
+from search_spaces import compile_albumentations
 
 if TYPE_CHECKING:
     import numpy as np
@@ -160,7 +161,7 @@ def render(
     crops = [_crop(dataset[i]) for i in picks]
     rows = [("original", list(crops))]
     for k, sub in enumerate(shown.sub_policies):
-        pipeline = _one_sub_policy(sub.ops).to_albumentations(dataset.flip_pairs, seed=seed + k)
+        pipeline = compile_albumentations.compile_policy(_one_sub_policy(sub.ops), dataset.flip_pairs, seed=seed + k)
         label = f"w={sub.weight:.3f}\n" + "\n".join(describe_op(op) for op in sub.ops)
         rows.append((label, [pipeline(*crop) for crop in crops]))
     png = _draw_grid(rows, dataset.flip_pairs, dataset.num_joints)

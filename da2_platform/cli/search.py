@@ -32,20 +32,21 @@ def search(
     from da2_platform.config import load_config
     from da2_platform.errors import ConfigError
     from da2_platform.jobenv import check_shared_workdir
-    from da2_platform.search.driver import check_flags, run_search
-    from da2_platform.search.methods import job_factory
+    from da2_platform.search.driver import run_search
+    from da2_platform.search.methods import spec_builder
+    from da2_platform.search.preflight import check_flags
 
     check_flags(resume, fresh)
-    if one_pass and method != "da2":
+    if one_pass and method not in ("da2", "da2:score"):
         raise ConfigError(f"--one-pass: only DA2 trains its network while it searches; --method is {method}")
     cfg = load_config(config, {"workdir": str(workdir)} if workdir else None)
     if one_pass:
         search_cfg = cfg.search.model_copy(update={"da2": cfg.search.da2.model_copy(update={"one_pass": True})})
         cfg = cfg.model_copy(update={"search": search_cfg})
     check_shared_workdir(cfg.workdir, str(config or "<defaults>"))  # a multi-node job: every node sees it
-    factory = job_factory(method)
+    builder = spec_builder(method)
     console.print(f"[bold]search[/] {safe(method)} on {safe(cfg.name)} (workdir {safe(cfg.workdir)})")
-    outcome = run_search(cfg, method, factory, resume=resume, tracking_uri=tracking_uri,
+    outcome = run_search(cfg, method, builder, resume=resume, tracking_uri=tracking_uri,
                          register=not no_register, fresh=fresh)
     if outcome.failed_trials:
         console.print(f"[yellow]warning[/] {len(outcome.failed_trials)} trial(s) failed after "

@@ -32,7 +32,7 @@ passes of the train batch with per-sample losses. The policy is drawn hard per i
 magnitude: what the exported policy does) and d follows the score-function gradient sum_i A_i grad_d log q(draw_i)
 with the advantage A_i = (r_i - mean r) / std r: the batch mean is the baseline and the std removes the scale.
 L_val is the loss of the predictor evaluation scores (`val_loss`; with flip test, of the average of the output and
-the flipped-back output of the mirrored crop, see `da2_job.make_batch_loss`), so the search optimises what AP
+the flipped-back output of the mirrored crop, see `da2.make_batch_loss`), so the search optimises what AP
 measures. Because any augmentation makes an image's loss, and so its gradient, larger, "op on" scores higher than "op off"
 for every op when the val set is harder than train; `centre_p` subtracts the mean over all slots from the p
 gradient, so ops are ranked against each other rather than against no augmentation.

@@ -5,7 +5,7 @@ either for `child_steps` steps on search-train (search children) or for cfg.trai
 split (final trainings), and reports its AP on the eval split at `evals` points (ASHA stops weak children there;
 PBT exploits and explores there). The policy comes from the trial's config: `policy_json` (RL Searcher, fixed,
 final trainings) or the discrete decisions (Optuna, PBA), decoded with the same `DiscreteSpace` the searchers use.
-Each method's job builder lives in `baselines/`; `da2_platform.search.methods.job_factory` picks it.
+Each method's `SearchSpec` is built in `da2_platform.search.methods`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from da2_platform.config import DiscreteSearchConfig, ExperimentConfig
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.inference import evaluate_model
-from da2_platform.search.trial import TrialClock, limit_threads, trial_device
+from da2_platform.search.trial import TrialClock, limit_threads, trial_device, trial_settings
 from da2_platform.training.loop import CHECKPOINT_FILE, Fit, build_model
 from da2_platform.training.step import StepMetrics, seed_everything
 from search_spaces.discrete import DiscreteSpace
@@ -108,11 +108,10 @@ def child_trainable(config: dict, settings: dict) -> None:
 
 def child_settings(cfg: ExperimentConfig, data, sc: DiscreteSearchConfig | None, child_steps: int | None) -> dict:
     """What every child of a search shares (passed with tune.with_parameters)."""
-    from da2_platform.search.driver import trial_settings
-
     space = None if sc is None else {"num_sub_policies": sc.sub_policies, "ops_per_sub_policy": sc.ops_per_sub_policy,
                                      "op_names": list(searched_op_names(cfg.search.include_flip))}
-    return {**trial_settings(cfg, data), "space": space, "child_steps": child_steps}
+    evals = {} if sc is None else {"evals": sc.evals}
+    return {**trial_settings(cfg, data), "space": space, "child_steps": child_steps, **evals}
 
 
 def search_params(cfg: ExperimentConfig, sc: DiscreteSearchConfig | None, **extra) -> dict:
@@ -128,8 +127,6 @@ def final_training(cfg: ExperimentConfig, data, policy: Policy, evals: int = 1,
     split from the config's init weights, scored on val `evals` times); returns the val AP curve
     ([{step, val_ap}], the last is the final AP) and its seconds. Benchmarks use it without Ray."""
     import time
-
-    from da2_platform.search.driver import trial_settings
 
     settings = {**trial_settings(cfg, data), "space": None, "child_steps": None, "evals": evals,
                 "train_annotations": str(data.full_train_annotations), "train_images": str(data.train_images),

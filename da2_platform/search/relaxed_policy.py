@@ -30,14 +30,19 @@ from search_spaces.ops import OPS, SEARCH_SPACE_NAME, apply_op, searched_op_name
 from search_spaces.policy import OpSetting, Policy, SubPolicy
 
 
-def op_slots(num_sub_policies: int, ops_per_sub_policy: int, seed: int,
+def op_slots(num_sub_policies: int | None, ops_per_sub_policy: int, seed: int,
              op_names: tuple[str, ...] = searched_op_names(), design: str = "random") -> list[tuple[str, ...]]:
-    """Which ops each sub-policy holds: K distinct ordered tuples of distinct ops, drawn with the config's seed.
+    """Which ops each sub-policy holds.
 
-    When K covers every tuple (e.g. K >= 18*17 for N=2) the whole space is searched, as in the paper.
+    `num_sub_policies` None (DA2's default): every unordered N-tuple of distinct ops, in registry order (C(17, 2)
+    = 136 pairs of the searched ops), as DADA searches all pairs of its ops, so every policy a baseline can return
+    is reachable. A number K: K distinct ordered tuples of distinct ops, drawn with the config's seed; when K
+    covers every ordered tuple (e.g. K >= 17*16 for N=2) all of them.
     `design="balanced"` deals the K*N slots so every op appears floor(K*N/|ops|) or one more times (a random
     draw of 24 pairs from 18 ops leaves some ops out entirely, and a search cannot pick an op it never holds).
     """
+    if num_sub_policies is None:
+        return list(itertools.combinations(op_names, ops_per_sub_policy))
     if design not in ("random", "balanced"):
         raise ValueError(f"slot design must be 'random' or 'balanced', not {design!r}")
     combos = list(itertools.permutations(op_names, ops_per_sub_policy))
@@ -159,9 +164,11 @@ class RelaxedPolicy(nn.Module):
         out = PoseBatch(images=batch.images.clone(), keypoints=batch.keypoints.clone(),
                         visible=batch.visible.clone(), heatmaps=batch.heatmaps.clone())
         device = batch.images.device
-        for k in sorted(set(choices.k.tolist())):
-            for n, name in enumerate(self.slots[k]):
-                rows = ((choices.k == k) & (choices.on[:, n] > 0)).nonzero().squeeze(1)
+        for n in range(self.ops_per_sub_policy):  # slot by slot; within a slot, one call per op (see forward)
+            names = [self.slots[k][n] for k in choices.k.tolist()]
+            for name in sorted(set(names)):
+                rows = torch.tensor([i for i, x in enumerate(names) if x == name and choices.on[i, n] > 0],
+                                    dtype=torch.long)
                 if rows.numel() == 0:
                     continue
                 drows = rows.to(device)
@@ -211,7 +218,9 @@ class RelaxedPolicy(nn.Module):
             raise ValueError("RelaxedPolicy needs heatmap targets in the batch (render them before augmenting)")
         c = self.choice_weights(noise)
         chosen = c.detach().argmax(dim=1)
-        ks = range(self.num_sub_policies) if not self.hard else sorted(set(chosen.tolist()))
+        if self.hard:
+            return self._forward_hard(batch, noise, c, chosen)
+        ks = range(self.num_sub_policies)
         images = torch.zeros_like(batch.images)
         heatmaps = torch.zeros_like(batch.heatmaps)
         keypoints, visible = batch.keypoints.clone(), batch.visible.clone()
@@ -227,6 +236,39 @@ class RelaxedPolicy(nn.Module):
             if self.hard or k == int(c.detach().mean(0).argmax()):  # soft mixing: joints follow the likeliest
                 keypoints[rows], visible[rows] = out.keypoints, out.visible
         return PoseBatch(images=images, keypoints=keypoints, visible=visible, heatmaps=heatmaps)
+
+    def _forward_hard(self, batch: PoseBatch, noise: PolicyNoise, c: torch.Tensor, chosen: torch.Tensor
+                      ) -> PoseBatch:
+        """One sub-policy per image (Eq. 3 with a hard sample). The same values as applying each chosen
+        sub-policy to its images, with the work grouped by op: at slot n, every image whose sub-policy holds op X
+        there goes through X in one call with its own gate and magnitude, so K = 136 sub-policies cost at most
+        (slots x ops) calls per batch, not one per image."""
+        cpu_chosen = chosen.cpu()
+        logit_u = torch.log(noise.bernoulli_u) - torch.log1p(-noise.bernoulli_u)
+        gates = torch.sigmoid((self.p_logits[chosen] + logit_u.to(self.p_logits.device)) / self.tau2)  # [B, N]
+        m = self.m()[chosen]  # [B, N]
+        sub = batch
+        for n in range(self.ops_per_sub_policy):
+            names = [self.slots[k][n] for k in cpu_chosen.tolist()]
+            images, heatmaps = sub.images, sub.heatmaps
+            keypoints, visible = sub.keypoints.clone(), sub.visible.clone()
+            for name in sorted(set(names)):
+                rows = torch.tensor([i for i, x in enumerate(names) if x == name], dtype=torch.long)
+                drows = rows.to(batch.images.device)
+                part = _rows(sub, drows)
+                out = apply_op(name, part, m[drows, n], sign=noise.sign[rows, n].to(batch.images.device),
+                               flip_pairs=self.flip_pairs, draws=noise.draws[rows, n].to(batch.images.device))
+                b = gates[drows, n]
+                bi = b.view(-1, 1, 1, 1)
+                images = images.index_copy(0, drows, bi * out.images + (1 - bi) * part.images)
+                heatmaps = heatmaps.index_copy(0, drows, bi * out.heatmaps + (1 - bi) * part.heatmaps)
+                on = (b.detach() > 0.5).view(-1, 1)
+                keypoints[drows] = torch.where(on.unsqueeze(-1), out.keypoints, part.keypoints)
+                visible[drows] = torch.where(on, out.visible, part.visible)
+            sub = PoseBatch(images=images, keypoints=keypoints, visible=visible, heatmaps=heatmaps)
+        ck = c.gather(1, chosen.view(-1, 1).to(c.device)).view(-1, 1, 1, 1)  # 1 forward, the softmax's gradient
+        return PoseBatch(images=ck * sub.images, keypoints=sub.keypoints, visible=sub.visible,
+                         heatmaps=ck * sub.heatmaps)
 
     def _apply_sub_policy(self, k: int, sub: PoseBatch, noise: PolicyNoise, rows: torch.Tensor) -> PoseBatch:
         cpu_rows = rows.cpu()

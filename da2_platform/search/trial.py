@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from da2_platform.config import ExperimentConfig
+from da2_platform.data.splits import ExperimentData
 from da2_platform.ledger import device_seconds
 
 
@@ -31,6 +32,13 @@ class TrialClock:
         kind, held, dev = device_seconds(wall, self.gpus, self.cpus)
         return {"wall_seconds": wall, "device_kind": kind, "devices_held": held, "device_seconds": dev,
                 "trial_start": self.start_time, "trial_end": time.time()}
+
+
+def trial_settings(cfg: ExperimentConfig, data: ExperimentData) -> dict:
+    """The part of a trial's input that is the same for every trial (passed with tune.with_parameters)."""
+    return {"cfg": cfg.model_dump(mode="json"),
+            "train_annotations": str(data.search_train_annotations), "train_images": str(data.train_images),
+            "eval_annotations": str(data.search_val_annotations), "eval_images": str(data.search_val_images)}
 
 
 def trial_resources(cfg: ExperimentConfig) -> dict:

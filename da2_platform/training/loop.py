@@ -37,6 +37,7 @@ from da2_platform.training.step import (
 )
 from pose_models import P2Net, build_p2net
 from pose_models.losses import P2NetLoss
+from search_spaces import compile_albumentations, compile_torch
 from search_spaces.policy import OpSetting, Policy
 
 CHECKPOINT_KIND = "p2net-training"
@@ -98,7 +99,7 @@ class StepSeededAugment:
 
     def __init__(self, policy: Policy, flip_pairs, device: torch.device, seed_of_step: Callable[[int], int]):
         self.generator = torch.Generator(device=device) if device.type == "cuda" else torch.Generator()
-        self.module = policy.to_torch(flip_pairs, generator=self.generator).to(device)
+        self.module = compile_torch.compile_policy(policy, flip_pairs, generator=self.generator).to(device)
         self.seed_of_step = seed_of_step
         self.step = 0  # set by the loop before each call
 
@@ -116,7 +117,7 @@ def device_augment(cfg: ExperimentConfig, policy: Policy | None, flip_pairs, dev
     if policy is None or cfg.train.augment_on != "device":
         return None
     generator = torch.Generator(device=device) if device.type == "cuda" else torch.Generator()
-    return policy.to_torch(flip_pairs, generator=generator.manual_seed(seed)).to(device)
+    return compile_torch.compile_policy(policy, flip_pairs, generator=generator.manual_seed(seed)).to(device)
 
 
 def epoch_loader(dataset: Dataset, cfg: ExperimentConfig, epoch: int, rank: int = 0, world: int = 1) -> DataLoader:
@@ -215,8 +216,8 @@ class Fit:
     def _use_epoch_augmentation(self, epoch: int) -> None:
         """`augment_on: loader`: albumentations in the loader workers, seeded per epoch."""
         if self.applied_policy is not None and self.cfg.train.augment_on == "loader":
-            self.dataset.transform = self.applied_policy.to_albumentations(
-                self.dataset.flip_pairs, seed=augmentation_seed(self.cfg, epoch, self.rank))
+            self.dataset.transform = compile_albumentations.compile_policy(
+                self.applied_policy, self.dataset.flip_pairs, seed=augmentation_seed(self.cfg, epoch, self.rank))
         else:
             self.dataset.transform = None
 

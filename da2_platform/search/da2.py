@@ -13,7 +13,6 @@ import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -47,9 +46,6 @@ from da2_platform.training.step import (
 from pose_models.losses import P2NetLoss
 from search_spaces.batch import PoseBatch
 from search_spaces.ops import searched_op_names
-
-if TYPE_CHECKING:
-    from da2_platform.search.driver import TuneJob
 
 STATE_FILE = "da2_state.pt"
 
@@ -212,7 +208,8 @@ class DA2Search:
         return stats
 
     def learned_policy(self):
-        return self.policy.to_policy({"method": "da2", "seed": self.cfg.seed, "steps": self.state["step"],
+        method = next(m for m, e in DA2_METHODS.items() if e == self.cfg.search.da2.estimator)
+        return self.policy.to_policy({"method": method, "seed": self.cfg.seed, "steps": self.state["step"],
                                       **({"one_pass": True} if self.cfg.search.da2.one_pass else {})})
 
     def curves_json(self) -> str:
@@ -288,35 +285,15 @@ def da2_trainable(config: dict, settings: dict) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def make_da2_job(cfg: ExperimentConfig, data) -> TuneJob:
-    from ray import tune
+# the two DA2 methods, named apart everywhere (search, compare, report, ledger, registry), and their estimators:
+# `da2` is the paper's relaxed estimator (Eq. 3-12), `da2:score` the score-function variant
+DA2_METHODS: dict[str, str] = {"da2": "relaxed", "da2:score": "score"}
 
-    from da2_platform.search.curves import plot_policy_curves
-    from da2_platform.search.driver import TuneJob, trial_settings
 
-    sc = cfg.search.da2
+def da2_method_config(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
+    """`cfg` with `search.da2.estimator` set by the method's name (the name decides; the field follows it)."""
+    if method not in DA2_METHODS:
+        raise ValueError(f"not a DA2 method: {method!r}; DA2 methods: {', '.join(DA2_METHODS)}")
+    da2 = cfg.search.da2.model_copy(update={"estimator": DA2_METHODS[method]})
+    return cfg.model_copy(update={"search": cfg.search.model_copy(update={"da2": da2})})
 
-    def artifacts(results: list[dict]) -> dict[str, bytes]:
-        files = {}
-        for r in results:
-            curves = r["metrics"].get("curves_json")
-            if curves:
-                seed = r["config"].get("seed")
-                files[f"curves/seed{seed}.json"] = curves.encode()
-                files[f"curves/seed{seed}.png"] = plot_policy_curves(json.loads(curves))
-        return files
-
-    settings = trial_settings(cfg, data)
-    if sc.one_pass:
-        settings.update(holdout_annotations=str(data.val_annotations), holdout_images=str(data.val_images))
-    return TuneJob(
-        method="da2",
-        trainable=tune.with_parameters(da2_trainable, settings=settings),
-        param_space={"seed": tune.grid_search(list(sc.seeds))},
-        tune_config={"max_concurrent_trials": max(1, len(sc.seeds))},
-        search_params={**sc.model_dump(mode="json"), "model": cfg.model.preset or cfg.model.backbone,
-                       "input_size": "x".join(map(str, cfg.data.input_size)), "batch_size": cfg.train.batch_size},
-        artifacts=artifacts,
-        expected_trials=len(sc.seeds),
-        model_file=STATE_FILE if sc.one_pass else None,
-    )
