@@ -25,9 +25,9 @@ def hand_config(tmp_path: Path, **search):
     return load_config(None, {
         "name": "hand", "workdir": str(tmp_path / "w"),
         "train.epochs": 2, "train.batch_size": 16,
-        "search.rl": {"trials": 10, "child_steps": 20, "concurrent": 2},
-        "search.optuna": {"trials": 4, "child_steps": 20, "concurrent": 2},
-        "search.pba": {"trials": 4, "child_steps": 20, "concurrent": 2},
+        "search.rl": {"trials": 10, "child_steps": 20, "concurrent": 2, "evals": 2},
+        "search.optuna": {"trials": 4, "child_steps": 20, "concurrent": 2, "evals": 4},
+        "search.pba": {"trials": 8, "child_steps": 30, "concurrent": 2, "evals": 6, "perturbation_interval": 3},
         "search.da2": {"steps": 30, "checkpoint_every": 10, "seeds": [0, 1], "estimator": "score"},
         **search})
 
@@ -44,12 +44,14 @@ def test_the_plan_adds_up_a_hand_computed_case(tmp_path):
     assert rl.concurrent == 2 and rl.wall_seconds == pytest.approx(145 / 2)
     # the final training: 2 epochs x (100 crops // 16 = 6 steps): 2 + 12 x 0.5 + 20 crops x 0.1 + 0.25 = 10.25
     assert rl.final_device_seconds == pytest.approx(10.25) and rl.finals == 1
-    # Optuna under ASHA (rung at the first of 2 evaluations): 1.5 evaluations, 15 steps, 1.5 reports on average
+    # Optuna under ASHA, rungs at evaluations 1 and 2 of 4, half going on at each: 1 + 1/2 + 1/4 + 1/4 = 2
+    # evaluations (and reports), 10 of 20 steps on average: 2 + 10 x 0.5 + 2 x 10 x 0.1 + 2 x 0.25 = 9.5
     assert asha_expected_evals(2) == 1.5 and asha_expected_evals(4) == 2.0
     optuna = priced(cfg, "optuna")
-    assert optuna.search_device_seconds == pytest.approx(4 * (2 + 7.5 + 1.5 + 0.375))
-    # PBA: a quarter of the population restarts once (its setup again) at the one perturbation
-    assert priced(cfg, "pba").search_device_seconds == pytest.approx(4 * (2 * 1.25 + 10 + 2 + 0.5))
+    assert optuna.search_device_seconds == pytest.approx(4 * 9.5)
+    # PBA, 8 children of 30 steps scored 6 times, perturbing at the 3rd (not the 6th, the last): a quarter of
+    # the population restarts once (its setup again): 2 x 1.25 + 30 x 0.5 + 6 x 10 x 0.1 + 6 x 0.25 = 25
+    assert priced(cfg, "pba").search_device_seconds == pytest.approx(8 * 25)
     # DA2: one trial per seed, both at once: 3 + 30 x 1.5 + 10 crops x 0.1 + 3 checkpoints x 0.25 = 49.75
     da2 = priced(cfg, "da2:score")
     assert da2.search_device_seconds == pytest.approx(2 * 49.75) and da2.concurrent == 2

@@ -52,7 +52,7 @@ def plan_first(cfg, methods: str, seeds: list[int] | None, budget_device_hours: 
     """`da2 plan` of the comparison, printed before it starts (it asks nothing): the planned search device-hours
     per method for the report, or None when no plan could be made (said, and the comparison goes on)."""
     from da2_platform.cli.output import safe
-    from da2_platform.cli.plan import show_plan
+    from da2_platform.cli.plan_table import show_plan
     from da2_platform.plan.planner import make_plan
 
     try:

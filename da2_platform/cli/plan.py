@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from da2_platform.cli.output import console, emit_json, print_table, safe
+from da2_platform.cli.output import emit_json
+from da2_platform.cli.plan_table import show_plan
 from da2_platform.errors import ConfigError
 
 DEFAULT_METHODS = "da2,rl,optuna,pba,fixed"  # what `da2 compare` runs by default
@@ -56,22 +57,6 @@ def plan(
         emit_json(result.to_dict())
         return
     show_plan(result)
-
-
-def show_plan(result) -> None:
-    """The plan's table and its assumptions, for people (stderr)."""
-    per_seed = " per seed" if result.seeds > 1 else ""
-    print_table(f"plan{per_seed}: {result.experiment} on {result.costs.device}", result.TABLE_COLUMNS,
-                result.table_rows())
-    from da2_platform.plan.bill import count
-
-    for row in result.budgets:
-        bought = ", ".join(f"{m} {count(v['bought'])} {'children' if v['unit'] == 'children' else 'steps'}"
-                           for m, v in row["methods"].items())
-        console.print(f"at {row['multiple']:g}x DA2 ({row['device_hours']:.4g} device-h): {safe(bought)}")
-    console.print("[bold]assumptions[/]")
-    for line in result.assumptions:
-        console.print(f"  - {safe(line)}")
 
 
 def check_positive(value: str | None, option: str, whole: bool = False) -> float | int | None:

@@ -1,4 +1,4 @@
-"""The unit costs a plan adds up, where they come from (the ledger, the cache, a measurement), and data sizes.
+"""The unit costs a plan adds up, their cache, and the data sizes they are multiplied by.
 
 Every cost is in the ledger's unit: device-seconds of one trial (wall time x the devices the trial holds:
 `search.gpus_per_trial`, or `search.cpus_per_trial` where trials hold no GPU). Measurements are cached per
@@ -14,12 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from da2_platform.config import ExperimentConfig
-from da2_platform.errors import ConfigError
 from da2_platform.files import read_json, write_json_atomic
 from da2_platform.plan.work import DataSizes
 
 MEASURE_VERSION = 2  # bump when the measurement changes, so cached costs are measured again
-SOURCES = ("auto", "ledger", "measure")
 ESTIMATORS = ("relaxed", "score")  # search.da2.estimator
 STAND_IN_CAP = 400  # SynthPose images per split the plan writes for itself; larger sets are counted by ratio
 # COCO 2017 person instances with labelled keypoints, as HRNet's top-down loader counts them (57k train images)
@@ -120,28 +118,6 @@ def write_cached(cfg: ExperimentConfig, costs: UnitCosts) -> Path:
         earlier = read_json(path, "plan cost cache")
         costs.da2_step = {**earlier.get("da2_step", {}), **costs.da2_step}
     return write_json_atomic(path, costs.to_dict())
-
-
-def unit_costs(cfg: ExperimentConfig, estimators: set[str], source: str = "auto") -> UnitCosts:
-    """`auto`: the experiment's ledger when it holds what the plan needs, else the cache, else a measurement;
-    `ledger`: the ledger or a named error; `measure`: a fresh measurement (it replaces the cache)."""
-    from da2_platform.plan.ledger_costs import costs_from_ledger
-    from da2_platform.plan.measure import measure_costs
-
-    if source not in SOURCES:
-        raise ConfigError(f"da2 plan: --source: expected one of {', '.join(SOURCES)}; got {source!r}")
-    if source in ("auto", "ledger"):
-        costs, why = costs_from_ledger(cfg, estimators)
-        if costs is not None:
-            return costs
-        if source == "ledger":
-            raise ConfigError(f"da2 plan: --source: ledger: {why}")
-        cached = read_cached(cfg, estimators)
-        if cached is not None:
-            return cached
-    costs = measure_costs(cfg, set(ESTIMATORS) | estimators)  # both: a plan shows what each would cost
-    write_cached(cfg, costs)
-    return costs
 
 
 # -- data sizes --------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def costs_from_ledger(cfg: ExperimentConfig, estimators: set[str]) -> tuple[Unit
         return None, f"{ledgers[0].path}: no child or final training of {kind} trials holding {held:g} device(s)"
     da2_step = {}
     for estimator in estimators:
-        found = [r for r in rows if r.method in DA2_METHODS and da2_estimator(r.method, cfg) == estimator]
+        found = [r for r in rows if r.method in DA2_METHODS and da2_estimator(r.method) == estimator]
         if not found:
             return None, f"{ledgers[0].path}: no DA2 trial with the {estimator} estimator"
         da2_step[estimator] = _per_step(found)

@@ -156,7 +156,7 @@ def _measure(cfg: ExperimentConfig, estimators: set[str], device: torch.device, 
 def _measure_da2(cfg: ExperimentConfig, estimator: str, train_ds, val_ds, device: torch.device, clock: Clock
                  ) -> tuple[float, float]:
     """(seconds per step over whole update cycles, seconds to build the search) of one estimator."""
-    from da2_platform.search.da2_job import DA2Search
+    from da2_platform.search.da2 import DA2Search
 
     sc = cfg.search.da2
     update = {"estimator": estimator, **({"val_grad_every": 1} if estimator != "score" else {})}

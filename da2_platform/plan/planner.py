@@ -9,7 +9,8 @@ from typing import ClassVar
 from da2_platform.config import ExperimentConfig
 from da2_platform.errors import ConfigError
 from da2_platform.plan.bill import MethodPlan, Resources, price, side_by_side
-from da2_platform.plan.costs import UnitCosts, data_sizes, held_per_trial, unit_costs
+from da2_platform.plan.costs import UnitCosts, data_sizes, held_per_trial
+from da2_platform.plan.sources import unit_costs
 from da2_platform.plan.work import DA2_METHODS, DataSizes, da2_estimator, expand_methods, work_function
 
 
@@ -89,7 +90,7 @@ def make_plan(cfg: ExperimentConfig, methods: str, source: str = "auto", budget_
         devices_per_worker = 1.0 if target.search.gpus_per_trial > 0 else float(os.cpu_count() or 1)
     resources = Resources(workers, devices_per_worker)
     resources.slots(held)  # a trial larger than a worker is a named error before anything is measured
-    estimators = {da2_estimator(m, cfg) for m in chosen if m in DA2_METHODS}
+    estimators = {da2_estimator(m) for m in chosen if m in DA2_METHODS}
     if costs is None:
         costs = unit_costs(cfg, estimators, source)
     if scale is not None:

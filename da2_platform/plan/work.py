@@ -1,8 +1,8 @@
 """What each method's search does, read off its config section: trials, steps, evaluations, concurrency.
 
 `WORK` is the plan's one table: method -> the function that turns a config into the trials that method runs.
-A method's new setting (a PPO batch, ASHA's rungs, PBA's perturbation interval) changes its function only; a new
-method is a new row. The functions count work; `plan.bill` prices it.
+A method's setting that changes its work (its evaluations per child, ASHA's rungs, PBA's perturbation interval)
+is read in its function only; a new method is a new row. The functions count work; `plan.bill` prices it.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from da2_platform.config import DiscreteSearchConfig, ExperimentConfig
 from da2_platform.errors import ConfigError
 from da2_platform.search.children import EVALS_PER_CHILD
+from da2_platform.search.da2 import DA2_METHODS as DA2_ESTIMATORS
 
-# ASHA as baselines/optuna_search.py builds it: rungs at grace_period * reduction_factor^k evaluations
+# ASHA as search/methods.py builds it for Optuna: rungs at grace_period * reduction_factor^k evaluations
 ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR = 1, 2
 # PBT as baselines/pba.py builds it: the bottom quarter restarts from a top trial's checkpoint at each perturbation
-PBT_QUANTILE, PBT_PERTURBATION_INTERVAL = 0.25, 1
-DA2_METHODS = ("da2", "da2:score")
+PBT_QUANTILE = 0.25
+DA2_METHODS = tuple(DA2_ESTIMATORS)
 METHOD_NAMES = ("da2", "da2:score", "rl", "optuna", "pba", "fixed", "fixed:NAME")
 
 
@@ -69,19 +70,9 @@ def steps_per_epoch(crops: int, cfg: ExperimentConfig) -> int:
     return min(cfg.train.max_steps_per_epoch or batches, batches)
 
 
-def da2_estimator(method: str, cfg: ExperimentConfig) -> str:
-    """The d estimator a DA2 method's search runs: `da2:score` the score variant; `da2` the paper's relaxed
-    estimator once the platform runs the two as methods, until then the config's `search.da2.estimator` (what
-    `da2 search --method da2` runs today), so the plan prices what will run."""
-    if method == "da2:score":
-        return "score"
-    from da2_platform.search.methods import job_factory
-
-    try:
-        job_factory("da2:score")
-    except ConfigError:
-        return cfg.search.da2.estimator
-    return "relaxed"
+def da2_estimator(method: str) -> str:
+    """The d estimator a DA2 method's search runs: `da2` the paper's relaxed one, `da2:score` the score variant."""
+    return DA2_ESTIMATORS[method]
 
 
 def final_work(cfg: ExperimentConfig, sizes: DataSizes) -> TrialWork:
@@ -90,20 +81,17 @@ def final_work(cfg: ExperimentConfig, sizes: DataSizes) -> TrialWork:
     return TrialWork("final", 1, steps, {"val": 1}, reports=1, report_steps=steps)
 
 
-def _setting(section, name: str, default):
-    """A search setting that a config section may not have yet (today's value where it has none)."""
-    return getattr(section, name, default)
-
-
-def _children(sc: DiscreteSearchConfig, count: float, evals: float, steps: float, **extra) -> TrialWork:
-    every = max(1, sc.child_steps // EVALS_PER_CHILD)
-    return TrialWork("child", count, steps, {"search_val": evals}, reports=evals, report_steps=every, **extra)
+def _children(sc: DiscreteSearchConfig, count: float, evals: int, reached: float, steps: float,
+              **extra) -> TrialWork:
+    """`count` children of `sc.child_steps` steps scored `evals` times, of which they reach `reached` (and
+    `steps` steps) on average."""
+    every = max(1, sc.child_steps // evals)
+    return TrialWork("child", count, steps, {"search_val": reached}, reports=reached, report_steps=every, **extra)
 
 
 def rl_work(cfg: ExperimentConfig, method: str, sizes: DataSizes) -> MethodWork:
     sc = cfg.search.rl
-    evals = _setting(sc, "evals", EVALS_PER_CHILD)
-    return MethodWork(method, _children(sc, sc.trials, evals, sc.child_steps), final_work(cfg, sizes),
+    return MethodWork(method, _children(sc, sc.trials, sc.evals, sc.evals, sc.child_steps), final_work(cfg, sizes),
                       sc.concurrent, "children")
 
 
@@ -116,35 +104,32 @@ def asha_expected_evals(evals: int, grace: int = ASHA_GRACE_PERIOD, rf: int = AS
 
 def optuna_work(cfg: ExperimentConfig, method: str, sizes: DataSizes) -> MethodWork:
     sc = cfg.search.optuna
-    evals = _setting(sc, "evals", EVALS_PER_CHILD)
-    reached = asha_expected_evals(evals, _setting(sc, "asha_grace_period", ASHA_GRACE_PERIOD),
-                                  _setting(sc, "asha_reduction_factor", ASHA_REDUCTION_FACTOR))
-    steps = sc.child_steps * reached / evals
-    return MethodWork(method, _children(sc, sc.trials, reached, steps), final_work(cfg, sizes), sc.concurrent,
-                      "children", [f"ASHA: a child reaches {reached:g} of {evals} evaluations on average"])
+    reached = asha_expected_evals(sc.evals)
+    steps = sc.child_steps * reached / sc.evals
+    return MethodWork(method, _children(sc, sc.trials, sc.evals, reached, steps), final_work(cfg, sizes),
+                      sc.concurrent, "children", [(f"ASHA: a child reaches {reached:g} of {sc.evals} evaluations on "
+                                                  "average")])
 
 
 def pba_work(cfg: ExperimentConfig, method: str, sizes: DataSizes) -> MethodWork:
     sc = cfg.search.pba
-    evals = _setting(sc, "evals", EVALS_PER_CHILD)
-    interval = _setting(sc, "perturbation_interval", PBT_PERTURBATION_INTERVAL)
-    perturbations = max(0, evals - 1) // interval  # none at the last report: the stopper ends a complete trial
+    perturbations = max(0, sc.evals - 1) // sc.perturbation_interval  # none at the last: the stopper ends it
     restarts = PBT_QUANTILE * perturbations
-    return MethodWork(method, _children(sc, sc.trials, evals, sc.child_steps, restarts=restarts),
+    return MethodWork(method, _children(sc, sc.trials, sc.evals, sc.evals, sc.child_steps, restarts=restarts),
                       final_work(cfg, sizes), sc.concurrent, "children",
                       [f"PBT: {restarts:g} restarts per child from an exploited checkpoint"])
 
 
 def fixed_work(cfg: ExperimentConfig, method: str, sizes: DataSizes) -> MethodWork:
-    sc = cfg.search.rl  # a fixed policy trains one child as long as an RL child (baselines/fixed.py)
-    return MethodWork(method, _children(sc, 1, EVALS_PER_CHILD, sc.child_steps), final_work(cfg, sizes), 1,
-                      "children")
+    sc = cfg.search.rl  # a fixed policy trains one child as long as an RL child, scored as often as the default
+    return MethodWork(method, _children(sc, 1, EVALS_PER_CHILD, EVALS_PER_CHILD, sc.child_steps),
+                      final_work(cfg, sizes), 1, "children")
 
 
 def da2_work(cfg: ExperimentConfig, method: str, sizes: DataSizes) -> MethodWork:
     """One trial per seed, all at once; in one-pass mode the final training's schedule and no final training."""
     sc = cfg.search.da2
-    estimator = da2_estimator(method, cfg)
+    estimator = da2_estimator(method)
     steps = cfg.train.epochs * steps_per_epoch(sizes.search_train, cfg) if sc.one_pass else sc.steps
     evals = {"search_val": 1, **({"val": 1} if sc.one_pass else {})}
     reports = math.ceil(steps / sc.checkpoint_every)
