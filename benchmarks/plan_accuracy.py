@@ -40,15 +40,26 @@ def spent(entries: list[dict], key: str = "device_seconds") -> dict[str, dict]:
     return {m: {"mean": statistics.fmean(v), "min": min(v), "max": max(v), "seeds": len(v)} for m, v in by.items()}
 
 
-def side_by_side(planned: dict[str, float], recorded: dict[str, dict]) -> dict[str, dict]:
+def plan_names(compare: dict) -> dict[str, str]:
+    """The plan's name of a method the comparison recorded, where they differ. A comparison from before
+    `da2:score` was a method of its own ran `da2` with `search.da2.estimator` (then `score` by default)."""
+    estimator = compare["config_resolved"].get("search", {}).get("da2", {}).get("estimator")
+    if "da2:score" not in compare["methods_requested"] and estimator == "score":
+        return {"da2": "da2:score"}
+    return {}
+
+
+def side_by_side(planned: dict[str, float], recorded: dict[str, dict], names: dict[str, str]) -> dict[str, dict]:
+    """Per method the comparison recorded: the plan of what it ran beside what it spent."""
     out = {}
-    for method, seconds in planned.items():
-        if method not in recorded:
+    for method, used in recorded.items():
+        seconds = planned.get(names.get(method, method))
+        if seconds is None:
             continue
-        ratio = seconds / recorded[method]["mean"]
-        out[method] = {"planned_device_seconds": seconds, "spent_device_seconds": recorded[method],
-                       "planned_device_hours": seconds / 3600,
-                       "spent_device_hours": recorded[method]["mean"] / 3600,
+        ratio = seconds / used["mean"]
+        out[method] = {"planned_as": names.get(method, method), "planned_device_seconds": seconds,
+                       "spent_device_seconds": used, "planned_device_hours": seconds / 3600,
+                       "spent_device_hours": used["mean"] / 3600,
                        "ratio": ratio, "within_25_percent": abs(ratio - 1) <= TOLERANCE}
     return out
 
@@ -69,17 +80,19 @@ def main() -> None:
     multiples = [b["multiple"] for b in compare.get("report", {}).get("budgets", []) if "multiple" in b] or None
     budget = None if multiples else compare.get("budget_device_hours")
     cpus = int(compare.get("machine", {}).get("cpus") or os.cpu_count() or 1)
+    names = plan_names(compare)
+    methods = [names.get(m, m) for m in compare["methods_requested"]]
     runs = []
     for _ in range(max(1, args.repeat)):
         started = time.perf_counter()
-        plan = make_plan(cfg, ",".join(compare["methods_requested"]), source=args.source,
+        plan = make_plan(cfg, ",".join(methods), source=args.source,
                          budget_device_hours=budget, budgets=multiples, workers=1, devices_per_worker=cpus,
                          seeds=seeds, config_label=compare.get("config", "compare_cpu.json's config_resolved"))
         plan_seconds = time.perf_counter() - started
         searches = side_by_side({m.method: m.search_device_seconds for m in plan.methods},
-                                spent(compare["searches"]))
+                                spent(compare["searches"]), names)
         finals = side_by_side({m.method: m.final_device_seconds / max(1, m.finals) for m in plan.methods
-                               if m.finals}, spent(compare.get("finals", [])))
+                               if m.finals}, spent(compare.get("finals", [])), names)
         runs.append({"load_average_1min": os.getloadavg()[0], "plan_seconds": plan_seconds,
                      "train_step": plan.costs.train_step, "da2_step": plan.costs.da2_step,
                      "search_ratios": {m: v["ratio"] for m, v in searches.items()},
@@ -94,7 +107,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "platform": platform.platform(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                     "load_average_1min": os.getloadavg()[0]},
-        "seeds": seeds, "budget_device_hours": budget, "budget_multiples": multiples,
+        "seeds": seeds, "budget_device_hours": budget, "budget_multiples": multiples, "planned_as": names,
         "plan_seconds": plan_seconds, "costs": plan.costs.to_dict(), "sizes": plan.sizes.__dict__,
         "assumptions": plan.assumptions, "tolerance": TOLERANCE,
         "searches": searches, "finals": finals,
