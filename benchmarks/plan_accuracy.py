@@ -12,6 +12,7 @@ config (its `config_resolved`), so a comparison rerun with new settings is plann
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -38,6 +39,36 @@ def spent(entries: list[dict], key: str = "device_seconds") -> dict[str, dict]:
     for e in entries:
         by.setdefault(e["method"], []).append(float(e[key]))
     return {m: {"mean": statistics.fmean(v), "min": min(v), "max": max(v), "seeds": len(v)} for m, v in by.items()}
+
+
+def recorded_config(raw: dict, workdir: str) -> tuple[ExperimentConfig, list[str]]:
+    """The comparison's resolved config as it ran. A value today's schema refuses (a rule added since, such as
+    PBA's population of at least 8) is set back after validation and named; a field it did not have takes
+    today's default."""
+    from pydantic import ValidationError
+
+    raw, kept = {**copy.deepcopy(raw), "workdir": workdir}, []
+    for _ in range(32):
+        try:
+            cfg = ExperimentConfig.model_validate(raw)
+            break
+        except ValidationError as e:
+            for err in e.errors():
+                node = raw
+                *parents, leaf = err["loc"]
+                for key in parents:
+                    node = node[key]
+                kept.append((tuple(err["loc"]), node.pop(leaf), err["msg"]))
+    else:
+        raise SystemExit("compare_cpu.json's config_resolved does not validate")
+
+    def put(model, loc, value):
+        head, *rest = loc
+        return model.model_copy(update={head: put(getattr(model, head), rest, value) if rest else value})
+
+    for loc, value, _ in kept:
+        cfg = put(cfg, loc, value)
+    return cfg, [f"{'.'.join(map(str, loc))} = {value!r} as it ran (today: {msg})" for loc, value, msg in kept]
 
 
 def plan_names(compare: dict) -> dict[str, str]:
@@ -75,7 +106,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/plan_accuracy.json")
     args = parser.parse_args()
     compare = json.loads(Path(args.compare).read_text())
-    cfg = ExperimentConfig.model_validate({**compare["config_resolved"], "workdir": args.workdir})
+    cfg, as_ran = recorded_config(compare["config_resolved"], args.workdir)
     seeds = [int(s) for s in compare.get("seeds", [cfg.seed])]
     multiples = [b["multiple"] for b in compare.get("report", {}).get("budgets", []) if "multiple" in b] or None
     budget = None if multiples else compare.get("budget_device_hours")
@@ -108,6 +139,7 @@ def main() -> None:
                     "platform": platform.platform(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                     "load_average_1min": os.getloadavg()[0]},
         "seeds": seeds, "budget_device_hours": budget, "budget_multiples": multiples, "planned_as": names,
+        "config_as_ran": as_ran,
         "plan_seconds": plan_seconds, "costs": plan.costs.to_dict(), "sizes": plan.sizes.__dict__,
         "assumptions": plan.assumptions, "tolerance": TOLERANCE,
         "searches": searches, "finals": finals,
