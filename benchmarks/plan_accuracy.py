@@ -132,7 +132,7 @@ def main() -> None:
 
     result = {
         "benchmark": "plan_accuracy",
-        "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{args.out}")),
         "config": compare.get("config"), "compare": args.compare, "compare_started": compare.get("started"),
         "compare_machine": compare.get("machine"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
