@@ -1,137 +1,202 @@
-"""`da2 compare --seeds` at a larger CPU budget: every method side by side on one local Ray session, seed after
-seed, then a fresh training with each best policy, scored on the val split no search saw. Writes the report
-(per method mean and spread across seeds, each seed's table and curves), the goal check and the run's facts to
-benchmarks/results/compare_cpu.json and the plot (mean line, band across seeds) beside it.
+"""The comparison as an experiment: every method under one budget, final AP at equal budgets, censored
+device-hours to a common target, over seeds. Resumable in pieces; each piece is written to --out as it ends.
 
-Goals (issue 13), on the means over the seeds: DA2's final AP at least the best baseline's minus 0.5 AP points
-(0.005 on the [0, 1] scale) and at least fixed:standard-pose's; RL's device-hours to its near-best search-val AP
-at least 50x DA2's, Optuna's at least 10x.
+Per seed (the seed draws the data, the splits, the init noise, the searchers and PBA's exploration):
+1. `search:<seed>:da2`, `search:<seed>:da2:score`: each DA2 method's search (its ledger rows); the cheaper one's
+   device-seconds is the seed's unit.
+2. `search:<seed>:<method>` for the baselines and fixed policies: one search each under the seed's largest budget
+   (its largest multiple x the unit), stopped within one step of it (`search.control`).
+3. `final:<seed>:<method>:<multiple>`: at each budget, the method's anytime policy (`search.anytime`: what it
+   would have returned had it been stopped there) trained with the final recipe and scored on val, in this
+   process (`search.children.final_training`); these trainings cost no search. An anytime policy already scored
+   at a smaller budget of the same seed is not trained again.
+The summary (`da2_platform.yardstick`): per budget and method the mean and std of final AP over the seeds that
+reached that budget; `to_target`: each method's device-hours to the best DA2 method's 1x final AP - 0.005, "> B"
+when not reached within the largest budget B. Writes benchmarks/results/compare_cpu.json and .png:
 
-    # the testbed's benchmark config; its warm start (model.init_weights) is trained on first use (~10 min)
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_cpu.py --config configs/bench_cpu.yaml --seeds 0,1,2 \\
-        --budget-device-hours 0.5 --fresh
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_cpu.py --seeds 0 --multiples 1,3,10,30
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_cpu.py --seeds 1 2 --multiples 1,3,10
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import shutil
-import sys
+import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-from da2_platform.compare import run_compare_seeds
-from da2_platform.config import load_config
+import torch
+
+from da2_platform.compare import seed_config
+from da2_platform.config import ExperimentConfig, load_config
+from da2_platform.data.splits import prepare_data
 from da2_platform.files import write_bytes_atomic, write_json_atomic
-from da2_platform.report import NEAR_BEST
+from da2_platform.ledger import LedgerRow
+from da2_platform.search.anytime import anytime_policy
+from da2_platform.search.children import final_training
+from da2_platform.yardstick import DA2_METHODS, budgets_from, cheaper_da2_cost, yardstick_report
+
+METHODS = ["da2", "da2:score", "rl", "optuna", "pba", "fixed:none", "fixed:standard-pose"]
 
 
-def goal_check(report: dict) -> dict:
-    """The issue's goals read off the seeds report (means over seeds), with by how much each is met or missed."""
-    methods = {m["method"]: m for m in report["methods"]}
-    da2 = methods.get("da2")
-    baselines = {k: v for k, v in methods.items() if k != "da2"}
-    if da2 is None or not baselines:
-        return {"evaluated": False, "why": "needs da2 and at least one baseline"}
-    out: dict = {"evaluated": True, "near": NEAR_BEST, "seeds": report["seeds"]}
-    finals = {k: v["final_ap"] for k, v in baselines.items() if v["final_ap"] is not None}
-    if da2["final_ap"] is not None and finals:
-        best = max(finals, key=finals.get)
-        out["final_ap_vs_best_baseline"] = {
-            "da2": da2["final_ap"], "da2_std": da2["final_ap_std"], "best_baseline": best,
-            "best_baseline_ap": finals[best], "best_baseline_std": baselines[best]["final_ap_std"],
-            "margin": da2["final_ap"] - (finals[best] - NEAR_BEST), "met": da2["final_ap"] >= finals[best] - NEAR_BEST}
-        if "fixed:standard-pose" in finals:
-            sp = finals["fixed:standard-pose"]
-            out["final_ap_vs_standard_pose"] = {"da2": da2["final_ap"], "standard_pose": sp,
-                                                "margin": da2["final_ap"] - sp, "met": da2["final_ap"] >= sp}
-    for other, limit in (("rl", 50.0), ("optuna", 10.0)):
-        if other in methods and da2["device_hours_to_near_best"] > 0:
-            ratio = methods[other]["device_hours_to_near_best"] / da2["device_hours_to_near_best"]
-            out[f"{other}_near_best_device_hours_per_da2"] = {"ratio": ratio, "goal": limit, "met": ratio >= limit}
-    return out
+def run_one_search(cfg: ExperimentConfig, method: str, budget_s: float | None) -> dict:
+    """One method's search on the local Ray session under `budget_s`; its ledger rows and cost."""
+    from da2_platform.search.control import BudgetStopper
+    from da2_platform.search.driver import run_search
+    from da2_platform.search.methods import spec_builder
+
+    start = time.time()
+    outcome = run_search(cfg, method, spec_builder(method), register=False, fresh=True,
+                         stopper=BudgetStopper(None, budget_s))
+    return {"rows": [asdict(r) for r in outcome.trials], "device_seconds": outcome.device_seconds,
+            "wall_seconds": time.time() - start, "budget_device_seconds": budget_s,
+            "trials": len(outcome.trials)}
 
 
-def starting_ap(cfg) -> float:
-    """Val AP of the model every training starts from (model.init_weights, or a random init)."""
-    import torch
+def provenance(config_path: str, cfg: ExperimentConfig) -> dict:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout
+    return {"commit": commit.strip(), "config_path": config_path, "config": cfg.model_dump(mode="json"),
+            "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+                        "torch": torch.__version__, "device": "cpu", "threads": 1}}
 
-    from da2_platform.data.splits import prepare_data
-    from da2_platform.data.topdown import TopDownDataset
-    from da2_platform.inference import evaluate_model
-    from da2_platform.training.loop import build_model
 
-    data = prepare_data(cfg)
-    joints = TopDownDataset(data.val_annotations, data.val_images, input_size=cfg.data.input_size).num_joints
-    model = build_model(cfg, joints)
-    return evaluate_model(model, data.val_annotations, data.val_images, cfg.data.input_size, torch.device("cpu"),
-                          flip_test=cfg.train.flip_test, decoder=cfg.train.decoder)["AP"]
+def summarise(pieces: dict, methods: list[str], seeds: list[int]) -> dict:
+    """The yardstick over the seeds that have their unit; budgets as multiples of each seed's own unit."""
+    per_seed_unit = {}
+    for seed in seeds:
+        costs = {m: pieces[f"search:{seed}:{m}"]["device_seconds"] for m in DA2_METHODS
+                 if f"search:{seed}:{m}" in pieces}
+        unit = cheaper_da2_cost(costs)
+        if unit:
+            per_seed_unit[seed] = unit
+    multiples = sorted({float(k.split(":")[-1]) for k in pieces if k.startswith("final:")})
+    if not per_seed_unit or not multiples:
+        return {"budgets": [], "to_target": None, "units": per_seed_unit}
+    mean_unit = sum(per_seed_unit.values()) / len(per_seed_unit)
+    budgets = budgets_from(multiples, mean_unit)
+    final_ap = {m: [[pieces.get(f"final:{s}:{m}:{b.multiple:g}", {}).get("val_ap") for s in per_seed_unit
+                     if f"final:{s}:da2:{b.multiple:g}" in pieces or f"final:{s}:da2:score:{b.multiple:g}" in pieces]
+                    for b in budgets] for m in methods}
+    report = yardstick_report(budgets, final_ap, list(per_seed_unit))
+    report["units"] = {str(s): round(u, 1) for s, u in per_seed_unit.items()}
+    report["unit"] = "device-seconds of the cheaper DA2 method's search, per seed; budgets use their mean"
+    return report
+
+
+def plot(report: dict, path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in report["budgets"][0]["methods"] if report["budgets"] else []:
+        xs, ys, lo, hi = [], [], [], []
+        for b in report["budgets"]:
+            entry = b["methods"][method]
+            if entry["final_ap_mean"] is None:
+                continue
+            xs.append(b["device_hours"])
+            ys.append(entry["final_ap_mean"])
+            std = entry["final_ap_std"] or 0.0
+            lo.append(ys[-1] - std)
+            hi.append(ys[-1] + std)
+        if xs:
+            (line,) = ax.plot(xs, ys, marker="o", label=method)
+            ax.fill_between(xs, lo, hi, alpha=0.15, color=line.get_color())
+    target = (report.get("to_target") or {}).get("target_ap")
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label="target (DA2 - 0.005)")
+    ax.set_xscale("log")
+    ax.set_xlabel("search budget, device-hours (log)")
+    ax.set_ylabel("final val AP (mean, band: std over seeds)")
+    ax.set_title("Final AP at equal budgets (CPU target testbed)")
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/bench_cpu.yaml")
-    parser.add_argument("--methods", default="da2,rl,optuna,pba,fixed")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--budget-device-hours", type=float, default=0.5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--multiples", default="1,3,10", help="budgets as multiples of DA2's search cost")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--summary-only", action="store_true", help="run nothing: summarise the pieces in --out")
     parser.add_argument("--out", default="benchmarks/results/compare_cpu.json")
-    parser.add_argument("--fresh", action="store_true", help="delete the config's workdir results first")
-    parser.add_argument("--replot", action="store_true", help="only draw --out's plot again from its saved report")
     args = parser.parse_args()
-    if args.replot:
-        from da2_platform.report import SeedsReport, plot_seeds_report
-
-        saved = json.loads(Path(args.out).read_text())
-        write_bytes_atomic(Path(saved["plot"]), plot_seeds_report(SeedsReport.from_dict(saved["report"])))
-        print(saved["plot"])
-        return
-
-    import torch
-
     torch.set_num_threads(1)
-    cfg = load_config(args.config)
-    if cfg.model.init_weights is not None and not Path(cfg.model.init_weights).is_file():
-        from da2_platform.warmstart import warm_start
-
-        ws = warm_start(cfg, folder=Path(cfg.model.init_weights).parent, threads=2)  # as the demo trains it
-        print(f"warm start: {ws.path} ({ws.seconds:.0f} s)", file=sys.stderr, flush=True)
-        if ws.path != Path(cfg.model.init_weights):
-            sys.exit(f"error: {args.config}: model.init_weights: the warm start went to {ws.path}")
-    if args.fresh:
-        for sub in ("ledger", "ray_results", "reports", "mlflow"):
-            shutil.rmtree(cfg.workdir / sub, ignore_errors=True)
-    start_ap = starting_ap(cfg)  # the shared starting point's val AP, before any method trains it
-    print(f"starting point: val AP {start_ap:.4f}", file=sys.stderr, flush=True)
-    started = time.time()
-    t0 = time.perf_counter()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    result_ = run_compare_seeds(cfg, methods, seeds, args.budget_device_hours,
-                                progress=lambda msg: print(f"[{time.perf_counter() - t0:7.0f} s] {msg}",
-                                                           file=sys.stderr, flush=True), fresh=args.fresh)
-    wall = time.perf_counter() - t0
-    rep = result_.report.to_dict()
+    multiples = [float(m) for m in args.multiples.split(",")]
+    methods = args.methods.split(",")
+    base = load_config(args.config)
     out = Path(args.out)
-    result = {
-        "benchmark": "compare_cpu", "config": args.config, "methods_requested": methods, "seeds": seeds,
-        "budget_device_hours": args.budget_device_hours,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_seconds": wall,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "device": "cpu",
-                    "torch_threads": 1, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-        "config_resolved": json.loads(cfg.model_dump_json()),
-        "searches": [{"seed": run.seed, **o.summary(), "policy": json.loads(o.best_policy.to_json())}
-                     for run in result_.seeds for o in run.outcomes],
-        "finals": [{"seed": run.seed, "method": f.method, "val_ap": f.val_ap, "device_seconds": f.device_seconds}
-                   for run in result_.seeds for f in run.finals],
-        "starting_val_ap": start_ap, "mlflow_run_id": result_.mlflow_run_id, "report": rep,
-        "goal": goal_check(rep), "plot": str(out.with_suffix(".png")),
-    }
-    write_json_atomic(out, result)
-    write_bytes_atomic(out.with_suffix(".png"), result_.report_png.read_bytes())  # the report's own plot
-    print(json.dumps({"wall_seconds": wall, "goal": result["goal"], "table": rep["methods"]}, indent=2))
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    pieces: dict = previous.get("pieces", {}) if previous.get("benchmark") == "compare_cpu" else {}
+
+    def save() -> dict:
+        seeds = sorted({int(k.split(":")[1]) for k in pieces})
+        result = {"benchmark": "compare_cpu", "provenance": provenance(args.config, base), "methods": methods,
+                  **summarise(pieces, methods, seeds), "pieces": pieces}
+        write_json_atomic(out, result)
+        if result.get("budgets"):
+            plot(result, out.with_suffix(".png"))
+        return result
+
+    if not args.summary_only:
+        from da2_platform.raycluster import ensure_ray
+
+        ensure_ray()
+        for seed in args.seeds:
+            cfg = seed_config(base, seed, several=True)
+            for method in [m for m in methods if m in DA2_METHODS]:  # first: the seed's unit
+                key = f"search:{seed}:{method}"
+                if key not in pieces:
+                    pieces[key] = run_one_search(cfg, method, None)
+                    print(json.dumps({key: round(pieces[key]["device_seconds"], 1)}), flush=True)
+                    save()
+            unit = cheaper_da2_cost({m: pieces[f"search:{seed}:{m}"]["device_seconds"] for m in DA2_METHODS
+                                     if f"search:{seed}:{m}" in pieces})
+            budgets = budgets_from(multiples, unit)
+            for method in [m for m in methods if m not in DA2_METHODS]:
+                key = f"search:{seed}:{method}"
+                if key not in pieces:
+                    pieces[key] = run_one_search(cfg, method, budgets[-1].device_seconds)
+                    print(json.dumps({key: round(pieces[key]["device_seconds"], 1)}), flush=True)
+                    save()
+            data = prepare_data(cfg)
+            scored: dict[str, float] = {}  # policy JSON -> final AP, within this seed
+            for budget in budgets:
+                for method in methods:
+                    key = f"final:{seed}:{method}:{budget.multiple:g}"
+                    if key in pieces:
+                        scored.setdefault(pieces[key].get("policy_json") or "", pieces[key].get("val_ap"))
+                        continue
+                    rows = [LedgerRow(**r) for r in pieces[f"search:{seed}:{method}"]["rows"]]
+                    policy, used = anytime_policy(method, rows, budget.device_seconds)
+                    if policy is None:
+                        pieces[key] = {"val_ap": None, "trials_used": used, "why": "nothing returned yet"}
+                    elif policy.to_json() in scored:
+                        pieces[key] = {"val_ap": scored[policy.to_json()], "trials_used": used,
+                                       "policy_json": policy.to_json(), "reused": True}
+                    else:
+                        curve, seconds = final_training(cfg, data, policy)
+                        pieces[key] = {"val_ap": curve[-1]["val_ap"], "trials_used": used,
+                                       "policy_json": policy.to_json(), "seconds": round(seconds, 1)}
+                        scored[policy.to_json()] = curve[-1]["val_ap"]
+                    print(json.dumps({key: pieces[key]["val_ap"]}), flush=True)
+                    save()
+    result = save()
+    print(json.dumps({"budgets": [{"multiple": b["multiple"], "device_hours": b["device_hours"],
+                                   "means": {m: v["final_ap_mean"] for m, v in b["methods"].items()}}
+                                  for b in result.get("budgets", [])],
+                      "to_target": result.get("to_target")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,12 @@ from pose_models.losses import P2NetLoss
 CLOCK = time.process_time
 # (hypergradient, d step every n w steps, search-val batch (None: train's))
 GRID = [("central", 1, None), ("forward", 1, None), ("central", 2, None), ("forward", 2, None), ("forward", 1, 8),
-        ("forward", 3, None)]
+        ("forward", 3, None), ("central", 3, None), ("forward", 4, None)]
+
+
+def recipe(config: dict | None) -> dict | None:
+    """What the timings depend on besides the piece's own settings: data, model, training recipe."""
+    return None if not config else {k: config[k] for k in ("data", "model", "train")}
 
 
 def with_da2(cfg: ExperimentConfig, **update) -> ExperimentConfig:
@@ -114,7 +119,7 @@ def main() -> None:
     val = TopDownDataset(data.search_val_annotations, data.search_val_images, input_size=size)
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.is_file() else {}
-    same = previous.get("config") == base.model_dump(mode="json")
+    same = recipe(previous.get("config")) == recipe(base.model_dump(mode="json"))  # pieces name their settings
     pieces: dict = previous.get("pieces", {}) if same else {}
 
     def save() -> dict:

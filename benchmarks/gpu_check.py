@@ -465,7 +465,7 @@ def section_compare(plan: Plan, workspace: Path) -> dict:
     search_rows = [r for r in rows if not r.method.startswith("final:")]
     final_rows = [r for r in rows if r.method.startswith("final:")]
     methods = {m["method"]: {"trials": m["trials"], "search_device_hours": m["search_device_hours"],
-                             "best_val_ap": m["best_val_ap"], "final_ap": m["final_ap"]} for m in report["methods"]}
+                             "best_search_val_ap": m["best_search_val_ap"], "final_ap": m["final_ap"]} for m in report["methods"]}
     return {"methods_run": c["methods"], "gpus_per_trial": c["gpus_per_trial"], "cpus_per_trial": c["cpus_per_trial"],
             "wall_s": round(wall, 1), "methods": methods,
             "completed": all(m["final_ap"] is not None for m in report["methods"]) and len(methods) == len(

@@ -96,6 +96,14 @@ def policies_for(cfg: ExperimentConfig, oracle: Path) -> dict[str, Policy]:
     return out
 
 
+def recipe(config: dict | None) -> dict | None:
+    """What decides a final training: the data, the model and the training recipe (not the search settings)."""
+    if not config:
+        return None
+    data = {k: v for k, v in config["data"].items() if k != "search_val"}  # search-val: no final training reads it
+    return {"data": data, "model": config["model"], "train": config["train"]}
+
+
 def summary(runs: dict, names: list[str], seeds: list[int]) -> dict:
     def stats(name: str) -> dict:
         values = [runs[f"{name}@{s}"]["val_ap"] for s in seeds if f"{name}@{s}" in runs]
@@ -152,12 +160,12 @@ def main() -> None:
     names = [n for n in policies if not args.only or n in args.only]
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.is_file() else {}
-    same = previous.get("provenance", {}).get("config") == base.model_dump(mode="json")
+    same = recipe(previous.get("provenance", {}).get("config")) == recipe(base.model_dump(mode="json"))
     runs = previous.get("runs", {}) if same else {}
     for other in args.merge:
         piece = json.loads(other.read_text())
-        if piece.get("provenance", {}).get("config") != base.model_dump(mode="json"):
-            raise SystemExit(f"error: {other}: provenance.config: another config than {args.config}")
+        if recipe(piece.get("provenance", {}).get("config")) != recipe(base.model_dump(mode="json")):
+            raise SystemExit(f"error: {other}: provenance.config: another recipe than {args.config}")
         runs.update({k: v for k, v in piece.get("runs", {}).items() if k not in runs})
 
     def write() -> dict:

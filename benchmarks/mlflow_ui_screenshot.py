@@ -86,7 +86,7 @@ def main() -> None:
     # stores made before da2 tagged its experiments: open the experiment as model training, not GenAI
     client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
     trials = nested[parent.info.run_id]
-    trial = max(trials, key=lambda r: len(client.get_metric_history(r.info.run_id, "val_ap")))
+    trial = max(trials, key=lambda r: len(client.get_metric_history(r.info.run_id, "search_val_ap")))
     models = client.search_model_versions("name = 'p2net'", order_by=["version_number DESC"])
     policies = client.search_model_versions("name = 'pose-aug-policy'", order_by=["version_number DESC"])
 
@@ -117,7 +117,7 @@ def main() -> None:
     described = {
         "store": str(db), "experiment_id": exp_id, "search_run": parent.info.run_name,
         "trials": len(trials), "trial_shown": trial.info.run_name,
-        "trial_val_ap_points": len(client.get_metric_history(trial.info.run_id, "val_ap")),
+        "trial_search_val_ap_points": len(client.get_metric_history(trial.info.run_id, "search_val_ap")),
         "p2net_version": models[0].version if models else None,
         "p2net_tags": dict(models[0].tags) if models else None,
         "policy_version": policies[0].version if policies else None,

@@ -3,8 +3,11 @@ methods, seeds and budget, beside the search (and final-training) device-seconds
 Writes benchmarks/results/plan_accuracy.json with both, the ratio per method, whether each is within 25 %, and
 the commit, config and machine.
 
-Rerunnable against whatever benchmarks/results/compare_cpu.json holds: the config is the comparison's resolved
-config (its `config_resolved`), so a comparison rerun with new settings is planned with those settings.
+Rerunnable against whatever benchmarks/results/compare_cpu.json holds, in either of its formats: the pieces of
+issue 26's comparison (`provenance.config`; DA2 searched without a budget, the other methods under the seed's
+largest budget, stopped within a step) or the earlier one (`config_resolved`; RL, Optuna and PBA under one
+budget, stopped at their first report past it). The config is the comparison's own, so a comparison rerun with
+new settings is planned with those settings.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/plan_accuracy.py [--compare benchmarks/results/compare_cpu.json]
 """
@@ -95,6 +98,31 @@ def side_by_side(planned: dict[str, float], recorded: dict[str, dict], names: di
     return out
 
 
+def recorded_run(compare: dict) -> dict:
+    """What a comparison ran and spent, in one shape for both formats of compare_cpu.json."""
+    if "pieces" in compare:
+        searches, finals = [], []
+        for key, piece in compare["pieces"].items():
+            kind, seed, *rest = key.split(":")
+            if kind == "search":
+                searches.append({"seed": int(seed), "method": ":".join(rest), "device_seconds": piece["device_seconds"],
+                                 "budget": piece.get("budget_device_seconds")})
+            elif kind == "final" and piece.get("seconds") is not None:  # in-process on one thread: device-s
+                finals.append({"seed": int(seed), "method": ":".join(rest[:-1]), "device_seconds": piece["seconds"]})
+        budgets = [s["budget"] for s in searches if s["budget"]]
+        provenance = compare.get("provenance", {})
+        return {"config": provenance.get("config", {}), "label": provenance.get("config_path"),
+                "methods": compare["methods"], "seeds": sorted({s["seed"] for s in searches}),
+                "budget_device_hours": statistics.fmean(budgets) / 3600 if budgets else None,
+                "capped": {s["method"] for s in searches if s["budget"]}, "stop_at": "step",
+                "searches": searches, "finals": finals, "names": {}, "machine": provenance.get("machine")}
+    return {"config": compare["config_resolved"], "label": compare.get("config"),
+            "methods": compare["methods_requested"], "seeds": [int(s) for s in compare.get("seeds", [0])],
+            "budget_device_hours": compare.get("budget_device_hours"), "capped": {"rl", "optuna", "pba"},
+            "stop_at": "report", "searches": compare["searches"], "finals": compare.get("finals", []),
+            "names": plan_names(compare), "machine": compare.get("machine")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare", default="benchmarks/results/compare_cpu.json")
@@ -106,24 +134,23 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/plan_accuracy.json")
     args = parser.parse_args()
     compare = json.loads(Path(args.compare).read_text())
-    cfg, as_ran = recorded_config(compare["config_resolved"], args.workdir)
-    seeds = [int(s) for s in compare.get("seeds", [cfg.seed])]
-    multiples = [b["multiple"] for b in compare.get("report", {}).get("budgets", []) if "multiple" in b] or None
-    budget = None if multiples else compare.get("budget_device_hours")
-    cpus = int(compare.get("machine", {}).get("cpus") or os.cpu_count() or 1)
-    names = plan_names(compare)
-    methods = [names.get(m, m) for m in compare["methods_requested"]]
+    ran = recorded_run(compare)
+    cfg, as_ran = recorded_config(ran["config"], args.workdir)
+    seeds, budget, names = ran["seeds"], ran["budget_device_hours"], ran["names"]
+    cpus = int((ran["machine"] or {}).get("cpus") or os.cpu_count() or 1)
+    methods = [names.get(m, m) for m in ran["methods"]]
+    capped = {names.get(m, m) for m in ran["capped"]}
     runs = []
     for _ in range(max(1, args.repeat)):
         started = time.perf_counter()
-        plan = make_plan(cfg, ",".join(methods), source=args.source,
-                         budget_device_hours=budget, budgets=multiples, workers=1, devices_per_worker=cpus,
-                         seeds=seeds, config_label=compare.get("config", "compare_cpu.json's config_resolved"))
+        plan = make_plan(cfg, ",".join(methods), source=args.source, budget_device_hours=budget, workers=1,
+                         devices_per_worker=cpus, seeds=seeds, config_label=ran["label"] or "compare_cpu.json",
+                         capped=capped, stop_at=ran["stop_at"])
         plan_seconds = time.perf_counter() - started
         searches = side_by_side({m.method: m.search_device_seconds for m in plan.methods},
-                                spent(compare["searches"]), names)
+                                spent(ran["searches"]), names)
         finals = side_by_side({m.method: m.final_device_seconds / max(1, m.finals) for m in plan.methods
-                               if m.finals}, spent(compare.get("finals", [])), names)
+                               if m.finals}, spent(ran["finals"]), names)
         runs.append({"load_average_1min": os.getloadavg()[0], "plan_seconds": plan_seconds,
                      "train_step": plan.costs.train_step, "da2_step": plan.costs.da2_step,
                      "search_ratios": {m: v["ratio"] for m, v in searches.items()},
@@ -132,13 +159,14 @@ def main() -> None:
 
     result = {
         "benchmark": "plan_accuracy",
-        "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{args.out}")),
-        "config": compare.get("config"), "compare": args.compare, "compare_started": compare.get("started"),
-        "compare_machine": compare.get("machine"),
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{args.out}")),
+        "config": ran["label"], "compare": args.compare, "compare_started": compare.get("started"),
+        "compare_machine": ran["machine"], "budget_capped": sorted(capped), "budget_stop": ran["stop_at"],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "platform": platform.platform(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                     "load_average_1min": os.getloadavg()[0]},
-        "seeds": seeds, "budget_device_hours": budget, "budget_multiples": multiples, "planned_as": names,
+        "seeds": seeds, "budget_device_hours": budget, "planned_as": names,
         "config_as_ran": as_ran,
         "plan_seconds": plan_seconds, "costs": plan.costs.to_dict(), "sizes": plan.sizes.__dict__,
         "assumptions": plan.assumptions, "tolerance": TOLERANCE,

@@ -57,7 +57,6 @@ def expand_methods(methods: list[str], cfg: ExperimentConfig) -> list[str]:
     return out
 
 
-BUDGETED = ("rl", "optuna", "pba")  # the black-box searches; DA2 and the fixed policies have a fixed cost
 
 
 def seed_config(cfg: ExperimentConfig, seed: int, several: bool) -> ExperimentConfig:
@@ -96,18 +95,19 @@ def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: 
     control = SearchControl()
     done: dict[str, SearchOutcome] = {}
     say(f"searches: {', '.join(chosen)} side by side"
-        + (f", each black-box search capped at {budget_device_hours:g} device-hours" if budget_s else ""))
+        + (f", each under a budget of {budget_device_hours:g} device-hours (DA2 and fixed policies too)"
+           if budget_s else ""))
     try:
         with ThreadPoolExecutor(max_workers=len(chosen), thread_name_prefix="search") as pool:
             futures = {pool.submit(run_search, cfg, m, builders[m], tracking_uri=tracking_uri, resume=resume,
-                                   fresh=fresh, stopper=control.stopper(budget_s if m in BUDGETED else None)): m
+                                   fresh=fresh, stopper=control.stopper(budget_s)): m
                        for m in chosen}
             try:
                 for future in as_completed(futures):
                     outcome = future.result()
                     done[outcome.method] = outcome
-                    say(f"search {outcome.method} done: {len(outcome.trials)} trial(s), best search-val AP "
-                        f"{outcome.best_val_ap:.4f}, {outcome.device_seconds / 3600:.4f} device-hours")
+                    say(f"search {outcome.method} done: {len(outcome.trials)} trial(s), best trial's last search-val AP "
+                        f"{outcome.best_search_val_ap:.4f}, {outcome.device_seconds / 3600:.4f} device-hours")
             except BaseException:  # Ctrl+C or a failed search: stop the others, keep what already finished
                 control.stop.set()
                 raise
@@ -240,7 +240,7 @@ def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) ->
 
 def one_pass_row(cfg: ExperimentConfig, outcome: SearchOutcome) -> LedgerRow:
     """The final row of a one-pass search: its own network's val AP, no device time of its own."""
-    best = max((r for r in outcome.trials if r.status == "completed"), key=lambda r: r.val_ap, default=None)
+    best = max((r for r in outcome.trials if r.status == "completed"), key=lambda r: r.search_val_ap, default=None)
     now = utc_now()
     return LedgerRow(experiment=cfg.name, method=f"final:{outcome.method}",
                      trial_id=f"one-pass-{best.trial_id if best else outcome.run_id}",

@@ -15,6 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from da2_platform.errors import ConfigError
 from da2_platform.jobenv import refuse_relative_in_job
+from da2_platform.limits import (
+    MAX_CONFIG_BYTES,
+    MAX_INPUT_SIDE,
+    MAX_OPS_PER_SUB_POLICY,
+    MAX_SUB_POLICIES,
+    MAX_SYNTH_IMAGES,
+)
 
 
 class _Section(BaseModel):
@@ -33,9 +40,9 @@ class DataConfig(_Section):
 
     kind: Literal["synthpose", "coco"] = "synthpose"
     root: Path | None = None  # synthpose output folder; default <workdir>/data/synthpose
-    synth_train: int = Field(240, ge=1)
-    synth_val: int = Field(60, ge=1)
-    synth_search_val: int = Field(60, ge=1)  # SynthPose target split (search_val: target only)
+    synth_train: int = Field(240, ge=1, le=MAX_SYNTH_IMAGES)
+    synth_val: int = Field(60, ge=1, le=MAX_SYNTH_IMAGES)
+    synth_search_val: int = Field(60, ge=1, le=MAX_SYNTH_IMAGES)  # SynthPose target split (search_val: target only)
     synth_seed: int | None = None  # None: the experiment's seed, so seeds vary the data draw too
     # val/target style against train: `none` (train's), `wide` (every factor at once, far), or a deployment style
     # that moves a few named factors an op of the space can reproduce (da2_platform/data/synthpose.py, SHIFTS)
@@ -59,6 +66,8 @@ class DataConfig(_Section):
     def _multiple_of_32(cls, v: tuple[int, int]) -> tuple[int, int]:
         if v[0] % 32 or v[1] % 16 or min(v) <= 0:
             raise ValueError(f"input_size {v} must be (H, W) with H a multiple of 32 and W a multiple of 16")
+        if max(v) > MAX_INPUT_SIDE:
+            raise ValueError(f"input_size {v} is larger than {MAX_INPUT_SIDE} pixels a side (docs/security.md)")
         return v
 
     @model_validator(mode="after")
@@ -155,8 +164,8 @@ class DA2Config(_Section):
 
     # K; None: every unordered N-tuple of the searched ops (C(17, 2) = 136 pairs), so DA2 reaches every policy a
     # baseline can return; a number deals K tuples by `slot_design`
-    sub_policies: int | None = Field(None, ge=1)
-    ops_per_sub_policy: int = Field(2, ge=1)  # N
+    sub_policies: int | None = Field(None, ge=1, le=MAX_SUB_POLICIES)
+    ops_per_sub_policy: int = Field(2, ge=1, le=MAX_OPS_PER_SUB_POLICY)  # N
     tau1: float = Field(0.5, gt=0)  # Gumbel-softmax temperature (sub-policy choice)
     tau2: float = Field(0.5, gt=0)  # relaxed Bernoulli temperature (op on/off)
     hard_choice: bool = True  # one sub-policy per image, straight-through gradient
@@ -164,9 +173,12 @@ class DA2Config(_Section):
     # difference through the relaxed policy; "score" = per-image alignment credits <grad_w l_i, grad_w L_val> with
     # a score-function gradient (the variant, see search/bilevel.py)
     estimator: Literal["score", "relaxed"] = "relaxed"
-    hypergradient: Literal["central", "forward"] = "central"  # Eq. 12 central difference, or the cheaper one-sided
+    # Eq. 12's central difference, or the one-sided one that reuses the w step's own grad_d L_train(w, d) (one pass
+    # fewer). Forward with a d step every 3rd w step puts a DA2 step at 1.8x a plain step of the same policy on the
+    # CPU benchmark (central, d every step: 4.5x; benchmarks/results/da2_cost.json)
+    hypergradient: Literal["central", "forward"] = "forward"
     slot_design: Literal["random", "balanced"] = "balanced"  # balanced: every op in (almost) equally many slots
-    policy_update_every: int = Field(1, ge=1)  # a d step after every n-th w step (1: every step)
+    policy_update_every: int = Field(3, ge=1)  # a d step after every n-th w step (1: every step)
     zeta: float | None = None  # relaxed: w step size in the unrolled term; None: the w learning rate
     normalise: bool = True  # relaxed: drop -zeta's size and divide the hypergradient by its RMS (Adam eps issue)
     centre_p: bool = False  # score: subtract the slot mean from the p gradient (measured worse: off)
@@ -202,8 +214,8 @@ class DA2Config(_Section):
 class DiscreteSearchConfig(_Section):
     """Shared by RL, Optuna and PBA: K sub-policies of N ops, p in 11 bins, m in 10 bins."""
 
-    sub_policies: int = Field(5, ge=1)
-    ops_per_sub_policy: int = Field(2, ge=1)
+    sub_policies: int = Field(5, ge=1, le=MAX_SUB_POLICIES)
+    ops_per_sub_policy: int = Field(2, ge=1, le=MAX_OPS_PER_SUB_POLICY)
     trials: int = Field(4, ge=1)  # children at most (PBA: the population); a budget usually ends the search first
     child_steps: int = Field(30, ge=1)
     concurrent: int = Field(2, ge=1)
@@ -311,12 +323,13 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     raw: dict = {}
     source = "<defaults>"
     if path is not None:
+        from da2_platform.files import read_input
+
         path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        text = read_input(path, "config file", MAX_CONFIG_BYTES, ConfigError)  # stat-checked, BOM ignored
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: malformed YAML: {e}") from None
         if not isinstance(raw, dict):
@@ -328,10 +341,16 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             node = node.setdefault(key, {})
         node[leaf] = value
     try:
-        return ExperimentConfig.model_validate(raw)
+        cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
         )
         raise ConfigError(f"{source}: {problems}") from None
+    from da2_platform.names import check_name
+
+    for field, value in (("name", cfg.name), ("tracking.registered_policy", cfg.tracking.registered_policy),
+                         ("tracking.registered_model", cfg.tracking.registered_model)):
+        check_name(value, source, field)  # each becomes a path (docs/security.md)
+    return cfg
 

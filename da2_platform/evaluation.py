@@ -20,6 +20,7 @@ import numpy as np
 from da2_platform.data.coco import CocoKeypoints, is_finite_number, load_coco_keypoints, quiet_coco
 from da2_platform.errors import DataError
 from da2_platform.files import read_json
+from da2_platform.limits import MAX_PREDICTIONS_BYTES
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 RESCORE_MODES = ("bbox_keypoint",)
@@ -42,7 +43,7 @@ def evaluate_keypoints(annotations: str | Path | CocoKeypoints, results: list[di
                         f"constants), the file's category has {truth.num_joints}")
     if isinstance(results, (str, Path)):
         source = str(results)
-        entries = read_json(results, "predictions file")
+        entries = read_json(results, "predictions file", MAX_PREDICTIONS_BYTES)
     else:
         source, entries = "predictions", results
     predictions = validate_results(entries, truth, source)

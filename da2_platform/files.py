@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,19 +51,84 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """Load JSON; a missing file or a syntax error names the file, line and column."""
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def check_input_file(path: str | os.PathLike, what: str = "file", error: type[Exception] | None = None
+                     ) -> os.stat_result:
+    """The stat of an input file, or `error` (DataError by default) saying why it cannot be one: "<what> not
+    found: <path>", or "<path>: is a named pipe (FIFO), not a regular file" (never opened: a FIFO would block)."""
     from da2_platform.errors import DataError
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} not found: {path}")
+    error = error or DataError
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: {_kind_problem(st)}; give the {what} itself")
+    return st
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """None for a regular file, else why it is none: "not found", "is a named pipe (FIFO), not a regular file"..."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "not found"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    return None if stat.S_ISREG(st.st_mode) else _kind_problem(st)
+
+
+def _kind_problem(st: os.stat_result) -> str:
+    kind = next((name for is_kind, name in _NOT_REGULAR if is_kind(st.st_mode)), "something else")
+    return f"is {kind}, not a regular file"
+
+
+def read_input(path: str | os.PathLike, what: str, max_bytes: int, error: type[Exception] | None = None) -> str:
+    """The text of an input file, checked before it is read: a regular file (see `check_input_file`) of at most
+    `max_bytes` (stat first, and never more than that is read), UTF-8 with an optional byte order mark (ignored:
+    one rule for JSON, YAML and policies)."""
+    from da2_platform.errors import DataError
+    from da2_platform.limits import human_bytes
+
+    error = error or DataError
+    st = check_input_file(path, what, error)
+    if st.st_size > max_bytes:
+        raise error(f"{path}: {st.st_size} bytes is over the {human_bytes(max_bytes)} limit on {what}s "
+                    "(docs/security.md)")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # swapped for a FIFO since the stat: no blocking open
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise error(f"{path}: is not a regular file; give the {what} itself")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew since the stat
+        raise error(f"{path}: over the {human_bytes(max_bytes)} limit on {what}s (docs/security.md)")
+    try:
+        return data.removeprefix(UTF8_BOM).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text ({e.reason})") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", max_bytes: int | None = None) -> Any:
+    """Load JSON (bounded by `max_bytes`, default limits.MAX_JSON_BYTES); a missing file or a syntax error names
+    the file, line and column."""
+    from da2_platform.errors import DataError
+    from da2_platform.limits import MAX_JSON_BYTES
+
+    text = read_input(path, what, MAX_JSON_BYTES if max_bytes is None else max_bytes)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason})") from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply to be an annotations, policy or results file") from None
 

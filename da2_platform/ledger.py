@@ -5,6 +5,11 @@ RL, Optuna, PBA and the fixed baselines compare on one axis. Only drivers write.
 file (replaced atomically as its trials end) and every other append writes a new part, so two drivers appending
 to one experiment at once never overwrite each other's rows. A row is keyed by (method, trial id): appending a
 trial that is already there adds nothing, so a resumed search never counts a trial twice.
+
+Two APs, two columns: `search_val_ap` is a search trial's AP on search-val (what the search optimised, its last
+report), `val_ap` a final training's AP on val (which no search sees). A row holds one of them, the other is null.
+Ledgers written before the split (schema 1: one `val_ap` column holding either) are read as schema 2: the AP of a
+`final:` row stays `val_ap`, any other row's moves to `search_val_ap`; a ledger from a newer schema is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from da2_platform.errors import DataError
 from da2_platform.files import write_bytes_atomic
 
 STATUSES = ("completed", "stopped", "failed")
+SCHEMA_VERSION = 2  # 2: search_val_ap and val_ap apart; 1: one val_ap column for both
+SCHEMA_KEY = b"da2.ledger_schema"
 
 
 @dataclass
@@ -37,10 +44,11 @@ class LedgerRow:
     devices_held: float
     wall_seconds: float
     device_seconds: float
-    val_ap: float  # search-val AP (search trials) or val AP (final trainings)
     status: str
     start_time: str  # ISO 8601, UTC
     end_time: str
+    search_val_ap: float | None = None  # search rows: the trial's AP on search-val (its last report)
+    val_ap: float | None = None  # final:<method> rows: the final training's AP on val
     steps: int = 0
     config_json: str = "{}"
     search_run_id: str = ""  # MLflow run of the search this trial belongs to
@@ -51,13 +59,16 @@ class LedgerRow:
             raise ValueError(f"ledger row status {self.status!r} is not one of {STATUSES}")
         if self.device_seconds < 0 or self.wall_seconds < 0:
             raise ValueError("ledger row: negative seconds")
+        final = self.method.startswith("final:")
+        if final and (self.val_ap is None or self.search_val_ap is not None):
+            raise ValueError(f"ledger row {self.method}: a final training's row holds val_ap, not search_val_ap")
+        if not final and (self.search_val_ap is None or self.val_ap is not None):
+            raise ValueError(f"ledger row {self.method}: a search trial's row holds search_val_ap, not val_ap")
 
 
-SCHEMA = pa.schema([
-    (f.name, {"str": pa.string(), "float": pa.float64(), "int": pa.int64()}[f.type if isinstance(f.type, str)
-                                                                             else f.type.__name__])
-    for f in fields(LedgerRow)
-])
+_ARROW_TYPES = {"str": pa.string(), "float": pa.float64(), "float | None": pa.float64(), "int": pa.int64()}
+SCHEMA = pa.schema([(f.name, _ARROW_TYPES[f.type if isinstance(f.type, str) else f.type.__name__])
+                    for f in fields(LedgerRow)], metadata={SCHEMA_KEY: str(SCHEMA_VERSION).encode()})
 
 
 def utc_now() -> str:
@@ -72,8 +83,11 @@ def device_seconds(wall_seconds: float, gpus: float, cpus: float) -> tuple[str, 
 
 
 def ledger_row(experiment: str, method: str, r: dict) -> LedgerRow:
-    """The row of a trial record {"trial_id", "metrics" (its last report), "config", "error"} of a search."""
+    """The row of a trial record {"trial_id", "metrics" (its last report), "config", "error"}. The trial reports
+    its AP on its eval split as `val_ap`: search-val for a search's trials, val for `final:<method>` trainings."""
     m = r["metrics"]
+    ap = float(m.get("val_ap", 0.0))
+    aps = {"val_ap": ap} if method.startswith("final:") else {"search_val_ap": ap}
     status = "failed" if r["error"] else ("completed" if m.get("complete") else "stopped")
     start = m.get("trial_start")
     start_iso = datetime.fromtimestamp(start, UTC).isoformat(timespec="milliseconds") if start else ""
@@ -84,8 +98,8 @@ def ledger_row(experiment: str, method: str, r: dict) -> LedgerRow:
         experiment=experiment, method=method, trial_id=str(r["trial_id"]), policy_json=m.get("policy_json", ""),
         device_kind=m.get("device_kind", "cpu"), devices_held=float(m.get("devices_held", 0.0)),
         wall_seconds=float(m.get("wall_seconds", 0.0)), device_seconds=float(m.get("device_seconds", 0.0)),
-        val_ap=float(m.get("val_ap", 0.0)), status=status, start_time=start_iso, end_time=end_iso,
-        steps=int(m.get("step", 0)), config_json=json.dumps(config, sort_keys=True, default=str),
+        status=status, start_time=start_iso, end_time=end_iso,
+        steps=int(m.get("step", 0)), config_json=json.dumps(config, sort_keys=True, default=str), **aps,
     )
 
 
@@ -194,7 +208,26 @@ def _read_part(path: Path) -> pa.Table:
         table = pq.read_table(pa.BufferReader(path.read_bytes()))
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet ledger ({e})") from None
+    version = int((table.schema.metadata or {}).get(SCHEMA_KEY, b"2" if "search_val_ap" in table.column_names
+                                                                  else b"1"))
+    if version > SCHEMA_VERSION:
+        raise DataError(f"{path}: ledger schema {version} is newer than this da2 reads ({SCHEMA_VERSION}); "
+                        "upgrade da2-platform")
+    if version == 1:
+        table = _migrate_from_schema_1(table)
     missing = [n for n in SCHEMA.names if n not in table.column_names]
     if missing:
         raise DataError(f"{path}: ledger lacks columns {missing}")
     return table.select(SCHEMA.names).cast(SCHEMA)
+
+
+def _migrate_from_schema_1(table: pa.Table) -> pa.Table:
+    """Schema 1's one `val_ap` column -> `val_ap` for final rows, `search_val_ap` for every other row."""
+    if "val_ap" not in table.column_names or "method" not in table.column_names:
+        return table  # the missing columns are named by the caller
+    final = [str(m).startswith("final:") for m in table.column("method").to_pylist()]
+    aps = table.column("val_ap").to_pylist()
+    table = table.drop_columns(["val_ap"])
+    table = table.append_column("search_val_ap", pa.array([None if f else a for f, a in zip(final, aps)],
+                                                         pa.float64()))
+    return table.append_column("val_ap", pa.array([a if f else None for f, a in zip(final, aps)], pa.float64()))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from search_spaces.policy import Policy, PolicyError
+from search_spaces.policy import MAX_POLICY_BYTES, Policy, PolicyError
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,14 @@ def resolve_policy(ref: str, tracking_uri: str | None = None) -> ResolvedPolicy:
 
         policy, version = fetch_registered_policy(ref, tracking_uri)
         return ResolvedPolicy(policy, ref, registry_version=str(version.version), registry_name=version.name)
-    path = Path(ref)
-    if not path.is_file():
-        raise PolicyError(f"{ref}: no such policy file (or use fixed:NAME, models:/NAME@ALIAS)")
-    return ResolvedPolicy(Policy.load(path), ref)
+    return ResolvedPolicy(read_policy_file(ref, f"{ref}: no such policy file (or use fixed:NAME, models:/NAME@ALIAS)"),
+                          ref)
+
+
+def read_policy_file(path: str | Path, missing: str | None = None) -> Policy:
+    """A policy JSON file, read as every input is (stat-checked, bounded, BOM ignored; docs/security.md)."""
+    from da2_platform.files import read_input
+
+    if missing is not None and not os.path.lexists(path):
+        raise PolicyError(missing)
+    return Policy.from_json(read_input(path, "policy file", MAX_POLICY_BYTES, PolicyError), source=str(path))

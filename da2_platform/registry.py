@@ -41,12 +41,11 @@ def _client(tracking_uri: str | None = None):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from da2_platform.tracking import point_mlflow_at
+    from da2_platform.tracking import check_sqlite_store, point_mlflow_at
 
     uri = tracking_uri or mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise TrackingError(f"no MLflow store at {uri}: nothing was searched or registered with this work "
-                            "directory (give --workdir, --config or --tracking-uri)")
+    if uri.startswith("sqlite:///"):  # an existing MLflow store, read before MLflow may write its schema
+        check_sqlite_store(Path(uri.removeprefix("sqlite:///")), uri, read_only=True)
     try:
         if tracking_uri:
             point_mlflow_at(tracking_uri)
@@ -55,7 +54,7 @@ def _client(tracking_uri: str | None = None):
         raise TrackingError(f"tracking URI {uri!r}: {getattr(e, 'message', e)}") from None
 
 
-def register_policy(cfg: ExperimentConfig, policy: Policy, method: str, run_id: str, val_ap: float,
+def register_policy(cfg: ExperimentConfig, policy: Policy, method: str, run_id: str, search_val_ap: float,
                     device_hours: float, alias: str = "candidate") -> str:
     """New version of cfg.tracking.registered_policy from a finished search run (idempotent per search)."""
     from mlflow.exceptions import MlflowException
@@ -79,7 +78,8 @@ def register_policy(cfg: ExperimentConfig, policy: Policy, method: str, run_id: 
         data_desc = cfg.data.kind if cfg.data.kind == "coco" else f"synthpose(seed={cfg.data.synth_seed})"
         tags = {
             "da2.method": method, "da2.experiment": cfg.name, "da2.search_run_id": run_id,
-            "da2.device_hours": f"{device_hours:.6f}", "da2.val_ap": f"{val_ap:.6f}", "da2.dataset": data_desc,
+            "da2.device_hours": f"{device_hours:.6f}", "da2.search_val_ap": f"{search_val_ap:.6f}",
+            "da2.dataset": data_desc,
             "da2.search_space": policy.search_space, "da2.schema_version": str(policy.schema_version),
             "da2.code_version": code_version(), "da2.search_key": key,
         }
@@ -92,10 +92,12 @@ def register_policy(cfg: ExperimentConfig, policy: Policy, method: str, run_id: 
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
+    from da2_platform.names import check_name
+
     m = _REF.match(ref)
     if not m:
         raise TrackingError(f"{ref!r} is not a registry reference (models:/NAME@ALIAS or models:/NAME/VERSION)")
-    return m["name"], m["alias"], m["version"]
+    return check_name(m["name"], ref), m["alias"], m["version"]
 
 
 def resolve_version(ref: str, tracking_uri: str | None = None):
@@ -122,7 +124,10 @@ def fetch_registered_policy(ref: str, tracking_uri: str | None = None):
     except (MlflowException, OSError) as e:
         raise TrackingError(f"{ref} (version {mv.version}): cannot fetch {POLICY_FILE} from {mv.source}: "
                             f"{e}") from None
-    return Policy.load(local), mv
+    from da2_platform.files import read_input
+    from search_spaces.policy import MAX_POLICY_BYTES, PolicyError
+
+    return Policy.from_json(read_input(local, "policy file", MAX_POLICY_BYTES, PolicyError), source=ref), mv
 
 
 @dataclass
@@ -176,7 +181,9 @@ def check_alias(alias: str) -> str:
 
 
 def _gate(candidate, current, gate: str, min_ap: float | None, alias: str) -> PromotionDecision:
-    metric = {"final-ap": "da2.final_ap", "val-ap": "da2.val_ap"}.get(gate)
+    metric = {"final-ap": "da2.final_ap", "search-val-ap": "da2.search_val_ap"}.get(gate)
+    if metric == "da2.search_val_ap" and metric not in candidate.tags and "da2.val_ap" in candidate.tags:
+        metric = "da2.val_ap"  # a policy version registered before the tag's rename
     prev = current.version if current is not None else None
 
     def decide(ok: bool, why: str) -> PromotionDecision:
@@ -187,7 +194,7 @@ def _gate(candidate, current, gate: str, min_ap: float | None, alias: str) -> Pr
     if gate == "none":
         return decide(True, "gate 'none': promoted without a comparison")
     if metric is None:
-        raise TrackingError(f"--gate: {gate!r} is not one of final-ap, val-ap, none")
+        raise TrackingError(f"--gate: {gate!r} is not one of final-ap, search-val-ap, none")
     if metric not in candidate.tags:
         return decide(False, f"version {candidate.version} has no {metric} tag (run `da2 compare` or a "
                              "confirmation training first)")

@@ -22,7 +22,7 @@ class MethodSummary:
     method: str
     trials: int
     search_device_hours: float
-    best_val_ap: float
+    best_search_val_ap: float
     final_ap: float | None
     device_hours_to_near_best: float
     ratio_to_da2: float | None  # search device-hours / DA2's
@@ -32,7 +32,7 @@ class MethodSummary:
 class Report:
     experiment: str
     methods: list[MethodSummary]
-    curves: dict[str, list[tuple[float, float]]]  # method -> [(cumulative device-hours, best-so-far val AP)]
+    curves: dict[str, list[tuple[float, float]]]  # method -> [(cumulative device-hours, best search-val AP so far)]
 
     def to_dict(self) -> dict:
         return {"experiment": self.experiment, "methods": [asdict(m) for m in self.methods],
@@ -40,15 +40,21 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: dict) -> Report:
-        return cls(d["experiment"], [MethodSummary(**m) for m in d["methods"]],
+        return cls(d["experiment"], [MethodSummary(**_renamed(m)) for m in d["methods"]],
                    {k: [(float(h), float(ap)) for h, ap in v] for k, v in d["curves"].items()})
 
     def table_rows(self) -> list[list]:
-        return [[m.method, m.trials, m.search_device_hours, m.best_val_ap, m.final_ap, m.device_hours_to_near_best,
+        return [[m.method, m.trials, m.search_device_hours, m.best_search_val_ap, m.final_ap, m.device_hours_to_near_best,
                  m.ratio_to_da2] for m in self.methods]
 
-    TABLE_COLUMNS: ClassVar[list[str]] = ["method", "trials", "search device-h", "best val AP", "final AP", "device-h to best-0.5",
+    TABLE_COLUMNS: ClassVar[list[str]] = ["method", "trials", "search device-h", "best search-val AP", "final AP", "device-h to best-0.5",
                      "ratio to DA2"]
+
+
+def _renamed(saved: dict) -> dict:
+    """A saved summary of an earlier version named the search-val AP `best_val_ap`."""
+    return {("best_search_val_ap" + k.removeprefix("best_val_ap") if k.startswith("best_val_ap") else k): v
+            for k, v in saved.items()}
 
 
 def build_report(rows: list[LedgerRow], experiment: str) -> Report:
@@ -63,7 +69,7 @@ def build_report(rows: list[LedgerRow], experiment: str) -> Report:
         cumulative, best, curve = 0.0, -math.inf, []
         for r in trials:
             cumulative += r.device_seconds / 3600
-            best = max(best, r.val_ap)
+            best = max(best, r.search_val_ap)
             curve.append((cumulative, best))
         near = next(h for h, ap in curve if ap >= best - NEAR_BEST)
         curves[method] = curve
@@ -126,8 +132,8 @@ class MethodSpread:
     trials: float  # mean trials per seed
     final_ap: float | None
     final_ap_std: float | None
-    best_val_ap: float
-    best_val_ap_std: float | None
+    best_search_val_ap: float
+    best_search_val_ap_std: float | None
     search_device_hours: float
     search_device_hours_std: float | None
     device_hours_to_near_best: float
@@ -158,11 +164,11 @@ class SeedsReport:
     @classmethod
     def from_dict(cls, d: dict) -> SeedsReport:
         """Back from `to_dict` (a saved report, e.g. to draw its plot again)."""
-        return cls(d["experiment"], [int(s) for s in d["seeds"]], [MethodSpread(**m) for m in d["methods"]],
+        return cls(d["experiment"], [int(s) for s in d["seeds"]], [MethodSpread(**_renamed(m)) for m in d["methods"]],
                    {int(seed): Report.from_dict(r) for seed, r in d["per_seed"].items()})
 
     def table_rows(self) -> list[list]:
-        return [[m.method, m.seeds, m.trials, m.final_ap, m.final_ap_std, m.best_val_ap,
+        return [[m.method, m.seeds, m.trials, m.final_ap, m.final_ap_std, m.best_search_val_ap,
                  m.planned_search_device_hours, m.search_device_hours,
                  m.search_device_hours_std, m.device_hours_to_near_best, m.device_hours_to_near_best_std,
                  m.ratio_to_da2, m.near_best_ratio_to_da2] for m in self.methods]
@@ -185,7 +191,7 @@ def build_seeds_report(rows_by_seed: dict[int, list[LedgerRow]], experiment: str
         found = [m for r in per_seed.values() for m in r.methods if m.method == method]
         finals = [m.final_ap for m in found if m.final_ap is not None]
         final, final_std = _mean_std(finals) if finals else (None, None)
-        best, best_std = _mean_std([m.best_val_ap for m in found])
+        best, best_std = _mean_std([m.best_search_val_ap for m in found])
         hours, hours_std = _mean_std([m.search_device_hours for m in found])
         near, near_std = _mean_std([m.device_hours_to_near_best for m in found])
         spreads.append(MethodSpread(method, len(found), sum(m.trials for m in found) / len(found), final, final_std,

@@ -33,8 +33,11 @@ def artifact_root(cfg: ExperimentConfig) -> str:
     return (cfg.workdir / "mlflow" / "artifacts").resolve().as_uri()
 
 
-def check_tracking(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, with the URI in the message, when the tracking store cannot be reached."""
+def check_tracking(uri: str, timeout: float = 5.0, read_only: bool = False) -> None:
+    """Fail fast, with the URI in the message, when the tracking store cannot be reached or is not a store.
+
+    Writes nothing: a SQLite store is only read (see `check_sqlite_store`); `read_only` is for commands that
+    need an existing store (promote, models:/ references)."""
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
         try:
@@ -46,7 +49,7 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}); start it or fix "
                                 "--tracking-uri / MLFLOW_TRACKING_URI") from None
     elif uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        check_sqlite_store(Path(uri.removeprefix("sqlite:///")), uri, read_only)
     elif uri.startswith(("file:", "/")) or "://" not in uri:
         raise TrackingError(f"tracking URI {uri!r}: MLflow 3's model registry needs a database or a server "
                             "(use sqlite:///path/mlflow.db or http://host:port)")
@@ -57,6 +60,55 @@ def mlflow_client(uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}  # what every MLflow SQLite store has
+
+
+def check_sqlite_store(db: Path, uri: str, read_only: bool = False) -> None:
+    """The file behind a sqlite:/// URI is an MLflow store, or absent / empty and the command may create one.
+
+    Read without writing a byte (the header, then the table names through a read-only connection): a file that is
+    not a SQLite database, a database of something else, or (for `read_only`) an empty or absent store is a
+    TrackingError naming the file, so MLflow never writes its schema into it."""
+    import sqlite3
+
+    from da2_platform.files import file_problem
+
+    def refuse(why: str) -> TrackingError:
+        return TrackingError(f"{db}: tracking store: {why} (tracking URI {uri})")
+
+    nothing_here = ("nothing was searched or registered with this store (give --workdir, --config or "
+                    "--tracking-uri)")
+    problem = file_problem(db)
+    if problem == "not found":
+        if read_only:
+            raise TrackingError(f"no MLflow store at {uri}: {nothing_here}")
+        return
+    if problem is not None:
+        raise refuse(problem)
+    with open(db, "rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if not header:
+        if read_only:
+            raise refuse(f"an empty file, not an MLflow store; {nothing_here}")
+        return
+    if header != SQLITE_HEADER:
+        raise refuse("not a SQLite database; refusing to write an MLflow store into it")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=10)) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        raise refuse(f"not a readable SQLite database ({e})") from None
+    if not tables:
+        if read_only:
+            raise refuse(f"an empty SQLite database, not an MLflow store; {nothing_here}")
+        return
+    if not MLFLOW_TABLES <= tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise refuse(f"a SQLite database of something else (tables {shown}), not an MLflow store; refusing to "
+                     "write into it")
 
 
 def point_mlflow_at(uri: str) -> None:

@@ -8,6 +8,7 @@ and may hold the classifier and other head layers of the full timm model, which 
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,21 @@ MAX_NAMED_KEYS = 5
 
 class BackboneWeightsError(ValueError):
     """A weights file cannot be read or does not fit the backbone; the message names the file."""
+
+
+# torch's own advice in its refusal: retry with weights_only=False, or allowlist the global the file names
+_TORCH_ADVICE = re.compile(r"weights_only|safe_globals|trust|Check the documentation|Please file an issue",
+                           re.IGNORECASE)
+
+
+def load_refusal(error: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, without torch's advice to retry with weights_only=False
+    or to allowlist what the file asks for (either would run whatever code it holds): "UnpicklingError: Trying to
+    load unsupported GLOBAL posix.system whose module posix is blocked."."""
+    sentences = re.split(r"(?<=[.:])\s+|\n+", str(error))
+    kept = [s.strip() for s in sentences if s.strip() and not _TORCH_ADVICE.search(s)]
+    reason = " ".join(kept)[:300] or "it holds objects other than tensors and plain values"
+    return f"{type(error).__name__}: {reason}"
 
 
 @dataclass
@@ -45,7 +61,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         OSError,
         ValueError,
     ) as e:  # corrupt, or not just tensors
-        raise BackboneWeightsError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from None
+        raise BackboneWeightsError(f"{path}: not a readable weights file ({load_refusal(e)})") from None
     while isinstance(obj, dict) and any(k in obj for k in WRAPPER_KEYS) and not _is_state_dict(obj):
         obj = next(obj[k] for k in WRAPPER_KEYS if k in obj)
     if not isinstance(obj, dict) or not obj or not _is_state_dict(obj):

@@ -37,6 +37,10 @@ from search_spaces.ops import OP_NAMES, SEARCH_SPACE_NAME
 
 SCHEMA_VERSION = 1
 WEIGHT_SUM_TOLERANCE = 1e-6
+# compiling a policy builds a pipeline per sub-policy and DA2 holds K x N parameters: bounded like any input
+MAX_SUB_POLICIES = 1024  # every unordered triple of 18 ops is 816
+MAX_OPS_PER_SUB_POLICY = 16
+MAX_POLICY_BYTES = 4 * 1024 * 1024  # 1024 sub-policies of 16 ops are about 1.2 MiB of canonical JSON
 
 
 class PolicyError(ValueError):
@@ -150,9 +154,13 @@ class Policy:
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "<string>") -> Policy:
-        """Parse and validate policy JSON; anything wrong raises PolicyError naming `source` and the field."""
+        """Parse and validate policy JSON; anything wrong raises PolicyError naming `source` and the field.
+
+        The text is UTF-8; a leading byte order mark is ignored, as in every file the platform reads."""
         try:
-            data = json.loads(text)
+            if isinstance(text, bytes):
+                text = text.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+            data = json.loads(text.removeprefix("\ufeff"))
         except json.JSONDecodeError as e:
             raise PolicyError(
                 None, f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}", source
@@ -191,6 +199,10 @@ class Policy:
         if not path.is_file():
             raise PolicyError(None, "policy file not found", str(path))
         try:
+            size = path.stat().st_size
+            if size > MAX_POLICY_BYTES:  # before reading: a huge file must not fill memory to be refused
+                raise PolicyError(None, f"{size} bytes is larger than a policy file may be ({MAX_POLICY_BYTES})",
+                                  str(path))
             data = path.read_bytes()
         except OSError as e:
             raise PolicyError(None, f"cannot read policy file ({e.strerror})", str(path)) from None
@@ -298,7 +310,8 @@ class SubPolicySchema(_Schema):
     weight: float = Field(
         ge=0, allow_inf_nan=False, description="Chance of this sub-policy; weights sum to 1."
     )
-    ops: list[OpSettingSchema] = Field(min_length=1, description="Applied in order, each with its own p.")
+    ops: list[OpSettingSchema] = Field(min_length=1, max_length=MAX_OPS_PER_SUB_POLICY,
+                                       description="Applied in order, each with its own p.")
 
 
 class PolicySchema(_Schema):
@@ -310,7 +323,7 @@ class PolicySchema(_Schema):
     metadata: Annotated[dict, AfterValidator(_plain_json)] = Field(
         default_factory=dict, description="Free JSON: method, run id, ..."
     )
-    sub_policies: list[SubPolicySchema] = Field(min_length=1)
+    sub_policies: list[SubPolicySchema] = Field(min_length=1, max_length=MAX_SUB_POLICIES)
 
     @model_validator(mode="after")
     def _weights_sum_to_one(self) -> PolicySchema:
@@ -360,6 +373,9 @@ def _policy_error(error: dict) -> PolicyError:
         "dict_type": lambda: f"expected an object, got {_json_type(value)}",
         "list_type": lambda: f"expected an array, got {_json_type(value)}",
         "too_short": lambda: "must not be empty",
+        "too_long": lambda: (
+            f"holds {error['ctx']['actual_length']} items; at most {error['ctx']['max_length']} are allowed"
+        ),
         "int_type": lambda: f"expected an integer, got {_json_type(value)}",
         "string_type": lambda: (
             f"expected a string{' or null' if _nullable(info) else ''}, got {_json_type(value)}"

@@ -37,7 +37,7 @@ class Row:
         return self.end - self.start
 
     @property
-    def val_ap(self) -> float:
+    def search_val_ap(self) -> float:
         return self.ap
 
     @property

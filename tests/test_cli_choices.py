@@ -24,7 +24,7 @@ def _wide_terminal(monkeypatch):
     "command, listed",
     [
         (["predict"], "<standard|dark>"),
-        (["promote"], "<final-ap|val-ap|none>"),
+        (["promote"], "<final-ap|search-val-ap|none>"),
         (["data", "synth"], "<none|wide>"),
         (["evaluate"], "<bbox_keypoint>"),
         (["search"], "[da2|rl|optuna|pba|fixed:NAME]"),
@@ -40,7 +40,7 @@ def test_help_lists_the_choices(command, listed, capsys):
     [
         (["predict", "--checkpoint", "c.pt", "--annotations", "a.json", "--images", "i", "--out", "o.json",
           "--decoder", "magic"], "--decoder", "'standard', 'dark'"),
-        (["promote", "3", "--gate", "magic"], "--gate", "'final-ap', 'val-ap', 'none'"),
+        (["promote", "3", "--gate", "magic"], "--gate", "'final-ap', 'search-val-ap', 'none'"),
         (["data", "synth", "--out", "never", "--shift", "magic"], "--shift", "'none', 'wide'"),
     ],
 )

@@ -17,8 +17,9 @@ from da2_platform.report import SeedsReport, band_across_seeds, build_seeds_repo
 
 def row(method: str, trial: str, hours: float, ap: float, end: str) -> LedgerRow:
     return LedgerRow(experiment="hand", method=method, trial_id=trial, policy_json="{}", device_kind="gpu",
-                     devices_held=1.0, wall_seconds=hours * 3600, device_seconds=hours * 3600, val_ap=ap,
-                     status="completed", start_time=end, end_time=end)
+                     devices_held=1.0, wall_seconds=hours * 3600, device_seconds=hours * 3600,
+                     status="completed", start_time=end, end_time=end,
+                     **({"val_ap": ap} if method.startswith("final:") else {"search_val_ap": ap}))
 
 
 SEED0 = [row("da2", "d", 0.5, 0.60, "2026-01-01T00:30"),

@@ -110,7 +110,7 @@ def test_val_gradient_is_recomputed_every_n_d_steps(synthpose_small, tmp_path, e
     every d step still moves the policy."""
     train, val = datasets(synthpose_small)
     cfg = one_pass_config(tmp_path, synthpose_small, one_pass=False, steps=4, val_grad_every=every,
-                          estimator="score")
+                          estimator="score", policy_update_every=1)
     search = DA2Search(cfg, train, val, torch.device("cpu"))
     calls = []
     inner = search.step_fn.val_loss
@@ -131,7 +131,8 @@ def test_val_gradient_reuse_is_da2_score_only(synthpose_small, tmp_path):
     """One config serves both methods: `da2` (relaxed) takes its val pass at every d step whatever
     val_grad_every says; the setting is the variant's."""
     train, val = datasets(synthpose_small)
-    cfg = one_pass_config(tmp_path, synthpose_small, one_pass=False, steps=2, val_grad_every=2)
+    cfg = one_pass_config(tmp_path, synthpose_small, one_pass=False, steps=2, val_grad_every=2,
+                          policy_update_every=1)
     assert cfg.search.da2.estimator == "relaxed"
     search = DA2Search(cfg, train, val, torch.device("cpu"))
     calls = []
@@ -142,7 +143,8 @@ def test_val_gradient_reuse_is_da2_score_only(synthpose_small, tmp_path):
 
 
 @pytest.mark.parametrize(("one_pass", "da2", "updates"), [
-    (False, {}, 3), (False, {"steps": 12, "policy_update_every": 4}, 3), (True, {}, None)])
+    (False, {"policy_update_every": 1}, 3), (False, {"steps": 12, "policy_update_every": 4}, 3),
+    (True, {"policy_update_every": 1}, None)])
 def test_policy_lr_defaults_to_the_drift_rule_over_the_searchs_d_updates(synthpose_small, tmp_path, one_pass, da2,
                                                                           updates):
     """No policy_lr: 0.05 * sqrt(300 / d updates) for p and m, times pi_lr_scale for pi; the d updates are the
@@ -163,6 +165,6 @@ def test_a_set_policy_lr_is_used_as_it_is(synthpose_small, tmp_path):
     search = DA2Search(one_pass_config(tmp_path, synthpose_small, one_pass=False, policy_lr=0.3, pi_lr_scale=0.5),
                        train, val, torch.device("cpu"))
     assert [g["lr"] for g in search.d_opt.param_groups] == [pytest.approx(0.15), pytest.approx(0.3)]
-    testbed = DA2Search(one_pass_config(tmp_path, synthpose_small, one_pass=False, steps=300), train, val,
+    testbed = DA2Search(one_pass_config(tmp_path, synthpose_small, one_pass=False, steps=900), train, val,
                         torch.device("cpu"))
-    assert [g["lr"] for g in testbed.d_opt.param_groups] == [0.05, 0.05]  # exactly what the testbed ran with
+    assert [g["lr"] for g in testbed.d_opt.param_groups] == [0.05, 0.05]  # 300 d updates: the rule's 0.05

@@ -96,7 +96,7 @@ def test_driver_killed_while_recording_then_resumed_counts_each_trial_once(synth
     ended = client.search_runs([parent.info.experiment_id],
                                f"tags.da2.trial_id = '{first_rows[0].trial_id}'")[0]
     assert [m.step for m in client.get_metric_history(ended.info.run_id, "train_loss")] == [1, 2]
-    assert len(client.get_metric_history(ended.info.run_id, "val_ap")) >= 2
+    assert len(client.get_metric_history(ended.info.run_id, "search_val_ap")) >= 2
 
     again = start(["--method", "rl", "--config", str(cfg), "--resume", "--json"], workdir, "resume")
     finish(again, workdir / "resume.log")

@@ -33,7 +33,7 @@ def load_gpu_check():
 def row(trial_id: str, held: float, wall: float, device: float, kind: str = "gpu", start: str = "",
         end: str = "") -> LedgerRow:
     return LedgerRow(experiment="e", method="rl", trial_id=trial_id, policy_json="", device_kind=kind,
-                     devices_held=held, wall_seconds=wall, device_seconds=device, val_ap=0.0, status="completed",
+                     devices_held=held, wall_seconds=wall, device_seconds=device, search_val_ap=0.0, status="completed",
                      start_time=start, end_time=end)
 
 

@@ -11,15 +11,16 @@ import pytest
 
 from da2_platform.cli.main import main
 from da2_platform.errors import DataError
-from da2_platform.ledger import SCHEMA, CostLedger, LedgerRow, device_seconds
+from da2_platform.ledger import SCHEMA, CostLedger, LedgerRow, device_seconds, ledger_row
 from da2_platform.report import build_report
 
 
 def row(method: str, trial: str, hours: float, ap: float, end: str, status: str = "completed") -> LedgerRow:
     seconds = hours * 3600
     return LedgerRow(experiment="hand", method=method, trial_id=trial, policy_json="{}", device_kind="gpu",
-                     devices_held=1.0, wall_seconds=seconds, device_seconds=seconds, val_ap=ap, status=status,
-                     start_time=end, end_time=end)
+                     devices_held=1.0, wall_seconds=seconds, device_seconds=seconds, status=status,
+                     start_time=end, end_time=end,
+                     **({"val_ap": ap} if method.startswith("final:") else {"search_val_ap": ap}))
 
 
 HAND_LEDGER = [
@@ -65,7 +66,7 @@ def test_report_matches_hand_computed_table():
     assert [m.method for m in report.methods] == ["da2", "rl", "optuna"]
     # rl: failed r3 excluded; 6 device-hours; best 0.62; near-best (>= 0.615) first reached at 6 h
     assert by["rl"].trials == 3 and by["rl"].search_device_hours == pytest.approx(6.0)
-    assert by["rl"].best_val_ap == pytest.approx(0.62) and by["rl"].final_ap == pytest.approx(0.69)
+    assert by["rl"].best_search_val_ap == pytest.approx(0.62) and by["rl"].final_ap == pytest.approx(0.69)
     assert by["rl"].device_hours_to_near_best == pytest.approx(6.0)
     assert by["rl"].ratio_to_da2 == pytest.approx(12.0)
     # optuna: a stopped child still counts; best 0.559, near-best (>= 0.554) first at 1.5 h
@@ -130,3 +131,51 @@ def test_a_one_file_ledger_of_an_earlier_version_is_read_and_adopted(tmp_path):
     assert ledger.rows() == HAND_LEDGER[:2]
     ledger.append(HAND_LEDGER[2:4])
     assert path.is_dir() and ledger.rows() == HAND_LEDGER[:4]
+
+
+def _schema_1_table(rows: list[LedgerRow]) -> pa.Table:
+    """The rows as the ledger wrote them before search-val AP and val AP were two columns: one `val_ap`."""
+    old = []
+    for r in rows:
+        d = asdict(r)
+        ap = d.pop("search_val_ap")
+        d["val_ap"] = d["val_ap"] if ap is None else ap
+        old.append(d)
+    return pa.Table.from_pylist(old)
+
+
+def test_search_val_ap_and_val_ap_are_two_columns_and_a_row_holds_its_own():
+    assert "search_val_ap" in SCHEMA.names and "val_ap" in SCHEMA.names
+    search, final = HAND_LEDGER[0], HAND_LEDGER[-1]
+    assert search.search_val_ap == 0.60 and search.val_ap is None
+    assert final.val_ap == 0.69 and final.search_val_ap is None
+    with pytest.raises(ValueError, match="search trial's row holds search_val_ap"):
+        LedgerRow(**{**asdict(search), "val_ap": 0.6})
+    with pytest.raises(ValueError, match="final training's row holds val_ap"):
+        LedgerRow(**{**asdict(final), "search_val_ap": 0.6, "val_ap": None})
+    record = {"trial_id": "t", "metrics": {"val_ap": 0.3, "complete": True}, "config": {}, "error": None}
+    assert ledger_row("e", "rl", record).search_val_ap == 0.3 and ledger_row("e", "rl", record).val_ap is None
+    assert ledger_row("e", "final:rl", record).val_ap == 0.3
+    assert ledger_row("e", "final:rl", record).search_val_ap is None
+
+
+def test_a_schema_1_ledger_is_migrated_on_read_and_appends_keep_both(tmp_path):
+    path = tmp_path / "ledger" / "hand.parquet"
+    path.mkdir(parents=True)
+    pq.write_table(_schema_1_table(HAND_LEDGER[:-2]), path / f"{1:020d}-old.parquet")
+    pq.write_table(_schema_1_table(HAND_LEDGER[-2:]), path / f"{2:020d}-old.parquet")
+    ledger = CostLedger(path)
+    assert ledger.rows() == HAND_LEDGER  # search rows' AP moved to search_val_ap, final rows' kept as val_ap
+    extra = row("pba", "p0", 1.0, 0.5, "2026-01-03T00:00:00")
+    ledger.append([extra], part=f"{3:020d}-pba")
+    assert ledger.rows() == [*HAND_LEDGER, extra]
+    assert build_report(ledger.rows(), "hand").to_dict() == build_report([*HAND_LEDGER, extra], "hand").to_dict()
+
+
+def test_a_ledger_from_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "ledger" / "hand.parquet"
+    path.mkdir(parents=True)
+    table = pa.Table.from_pylist([asdict(HAND_LEDGER[0])], schema=SCHEMA)
+    pq.write_table(table.replace_schema_metadata({b"da2.ledger_schema": b"3"}), path / "0-new.parquet")
+    with pytest.raises(DataError, match="ledger schema 3 is newer than this da2 reads"):
+        CostLedger(path).rows()

@@ -60,13 +60,18 @@ def test_the_plan_adds_up_a_hand_computed_case(tmp_path):
     assert priced(cfg, "fixed:none").search_device_seconds == pytest.approx(14.5)
 
 
-def test_a_budget_caps_the_search_at_its_next_report_and_says_what_it_buys(tmp_path):
+def test_a_budget_caps_the_search_within_a_step_and_says_what_it_buys(tmp_path):
     cfg = hand_config(tmp_path)
     rl_work = work_function("rl")(cfg, "rl", SIZES)
-    # between two reports: 10 steps x 0.5 + 10 crops x 0.1 + a checkpoint 0.25 = 6.25; half of it on average
-    assert report_cost(rl_work.search, COSTS, SIZES) == pytest.approx(6.25)
+    # the budget account stops the search within a step: each of the 2 running children ends its step, half a
+    # 0.5 s step on average
     rl = priced(cfg, "rl", budget_s=50)
-    assert rl.search_device_seconds == pytest.approx(50 + 6.25 / 2)
+    assert rl.search_device_seconds == pytest.approx(50 + 2 * 0.5 / 2)
+    # before the account, the first report past the budget stopped it: between two reports 10 steps x 0.5 +
+    # 10 crops x 0.1 + a checkpoint 0.25 = 6.25, half of it on average
+    assert report_cost(rl_work.search, COSTS, SIZES) == pytest.approx(6.25)
+    legacy = price(rl_work, COSTS, SIZES, TWO_CPUS, 50, stop_at="report")
+    assert legacy.search_device_seconds == pytest.approx(50 + 6.25 / 2)
     assert rl.bought == pytest.approx(50 / 14.5) and rl.unbudgeted_device_seconds == pytest.approx(145)
     assert priced(cfg, "rl", budget_s=1000).search_device_seconds == pytest.approx(145)  # done before the budget
     # DA2 under a budget buys steps: each seed's share less its setup, evaluation and checkpoints, at 1.5 s a step
@@ -136,9 +141,10 @@ def tiny_config(tmp_path: Path) -> Path:
 
 
 def ledger_row(method: str, trial: str, steps: int, seconds: float) -> LedgerRow:
+    ap = {"val_ap": 0.1} if method.startswith("final:") else {"search_val_ap": 0.1}
     return LedgerRow(experiment="tiny", method=method, trial_id=trial, policy_json="{}", device_kind="cpu",
-                     devices_held=1.0, wall_seconds=seconds, device_seconds=seconds, val_ap=0.1,
-                     status="completed", start_time="", end_time="", steps=steps)
+                     devices_held=1.0, wall_seconds=seconds, device_seconds=seconds, status="completed",
+                     start_time="", end_time="", steps=steps, **ap)
 
 
 @pytest.fixture

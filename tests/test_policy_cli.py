@@ -20,7 +20,7 @@ def test_validate_accepts_a_good_file(policy_file, capsys):
     assert main(["policy", "validate", str(policy_file), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["valid"] is True and report["num_sub_policies"] == 9
-    assert report["ops_used"] == ["HorizontalFlip", "Rotate", "Scale"]
+    assert report["ops_used"] == ["Rotate", "Scale"]  # the flip is the base augmentation's
 
 
 def test_validate_names_file_and_field(tmp_path, capsys):
@@ -75,7 +75,7 @@ def test_show_prints_a_table_and_json(policy_file, capsys):
     assert main(["policy", "show", str(policy_file)]) == 0
     captured = capsys.readouterr()
     table = captured.out + captured.err  # the table is for people: main may route it to stderr
-    assert "standard-pose" in table and "Rotate p=0.60 m=0.33" in table and "HorizontalFlip p=0.50" in table
+    assert "standard-pose" in table and "Rotate p=0.60 m=0.33" in table and "Scale p=1.00" in table
     assert main(["policy", "show", str(policy_file), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert Policy.from_dict(report["policy_json"]) == fixed_policy("standard-pose")

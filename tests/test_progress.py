@@ -1,5 +1,6 @@
-"""Our own progress lines while a search runs: trials running and done, best search-val AP, device-hours against
-the budget, an ETA; on stderr, so `--json` keeps stdout to one object."""
+"""Our own progress lines while a search runs: trials running and done, best search-val AP (of any report, and of
+the trials' last reports), device-hours against the budget, an ETA; on stderr, so `--json` keeps stdout to one
+object."""
 
 from __future__ import annotations
 
@@ -18,13 +19,16 @@ def test_progress_line_counts_trials_best_ap_budget_and_eta():
     a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
     progress.started -= 100  # 100 s into the search
     progress.running |= {"a", "b"}
-    progress.on_trial_result(0, [], a, {"val_ap": 0.25, "device_seconds": 900.0})
+    progress.on_trial_result(0, [], a, {"val_ap": 0.25, "device_seconds": 600.0})
+    progress.on_trial_result(0, [], a, {"val_ap": 0.0625, "device_seconds": 900.0})  # a's last report is lower
     progress.on_trial_result(0, [], b, {"val_ap": 0.125, "device_seconds": 900.0})
     progress.running.discard("a")
     progress.done.add("a")
     text = progress.text()
     assert text.startswith("rl: 1 running, 1/4 done")
-    assert "best search-val AP 0.2500" in text and "0.5000 of 1.0000 device-h" in text
+    # the best of any report so far, and the best of the trials' last reports (what the search picks its policy by)
+    assert "best search-val AP so far 0.2500 (best last report 0.1250)" in text
+    assert "0.5000 of 1.0000 device-h" in text
     assert "ETA 1m40s" in text  # half the budget in 100 s leaves 100 s; 3 trials left at 100 s each is more
 
 
@@ -47,4 +51,4 @@ def test_search_prints_progress_on_stderr_and_one_json_object_on_stdout(synthpos
     assert out["trials"] == 2
     lines = [line.strip() for line in captured.err.splitlines() if line.strip().startswith("rl: ")]
     assert any("running" in line and "/2 done" in line for line in lines), captured.err[-2000:]
-    assert "rl: 0 running, 2/2 done" in lines[-1] and "best search-val AP 0." in lines[-1]
+    assert "rl: 0 running, 2/2 done" in lines[-1] and "best search-val AP so far 0." in lines[-1]

@@ -264,10 +264,10 @@ def test_da2_w_step_and_a_child_step_reach_identical_weights(synthpose_small, tm
     """DA2's w step is the shared training step: on one augmented batch (a fixed draw of DA2's policy) from one
     initialisation, `ScoreStep.w_step` and a child's `TrainingStep` leave identical weights and optimiser state
     (the child and production steps are shown identical above)."""
-    from da2_platform.search.da2 import make_da2_step, with_targets
+    from da2_platform.search.da2 import da2_method_config, make_da2_step, with_targets
     from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
 
-    cfg = small_config(tmp_path, synthpose_small, epochs=1)
+    cfg = da2_method_config(small_config(tmp_path, synthpose_small, epochs=1), "da2:score")  # ScoreStep
     ds = TopDownDataset(synthpose_small.train_annotations, synthpose_small.train_images, input_size=INPUT)
     batch = with_targets(first_batch(synthpose_small), cfg, torch.device("cpu"))
     policy = RelaxedPolicy(op_slots(4, 2, 0), ds.flip_pairs)

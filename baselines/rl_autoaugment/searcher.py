@@ -26,6 +26,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.variant_generator import parse_spec_vars
 
 from baselines.rl_autoaugment.controller import PolicyController, PPOTrainer
+from pose_models.weights import load_refusal
 from search_spaces.discrete import DiscreteSpace
 from search_spaces.policy import Policy
 
@@ -172,8 +173,7 @@ class RLAutoAugmentSearcher(Searcher):
         except FileNotFoundError:
             raise ValueError(f"{checkpoint_path}: searcher state file not found") from None
         except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:  # foreign, truncated or non-torch file
-            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ValueError(f"{checkpoint_path}: not a RLAutoAugmentSearcher state ({first_line})") from None
+            raise ValueError(f"{checkpoint_path}: not a RLAutoAugmentSearcher state ({load_refusal(exc)})") from None
         self.set_state(state, source=str(checkpoint_path))
 
     def _space_signature(self) -> dict:

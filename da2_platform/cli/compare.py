@@ -25,18 +25,35 @@ def compare(
     resume: bool = typer.Option(False, "--resume", help="Continue interrupted searches of these names."),
 ) -> None:
     """Run the methods side by side (per seed), train a fresh model with each best policy, and write the report."""
-    from da2_platform.compare import run_compare_seeds
+    from da2_platform.cli.options import resume_hint
+    from da2_platform.compare import expand_methods, run_compare_seeds
     from da2_platform.config import load_config
+    from da2_platform.files import check_output_dir
     from da2_platform.jobenv import check_shared_workdir
+    from da2_platform.names import check_workdir_paths, search_folder
+    from da2_platform.search.driver import SearchInterrupted
+    from da2_platform.tracking import check_tracking, resolve_tracking_uri
 
     cfg = load_config(config, {"workdir": str(workdir)} if workdir else None)
-    check_shared_workdir(cfg.workdir, str(config or "<defaults>"))  # a multi-node job: every node sees it
+    source = str(config or "<defaults>")
+    check_output_dir(cfg.workdir, "workdir")  # the same clear error as `da2 search` for a bad work dir
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    seed_list = parse_seeds(seeds)
-    planned = plan_first(cfg, methods, seed_list, budget_device_hours, str(config or "<defaults>"))
-    result = run_compare_seeds(cfg, chosen, seed_list, budget_device_hours, tracking_uri,
-                               progress=lambda msg: console.print(f"[bold cyan]compare[/] {msg}"),
-                               fresh=fresh, resume=resume, planned=planned)
+    chosen_seeds = parse_seeds(seeds)
+    names = [cfg.name] + [f"{cfg.name}-seed{s}" for s in chosen_seeds or []]
+    for name in names:  # every path a seed's searches and final trainings will use, before any is touched
+        check_workdir_paths(cfg.workdir, name, source, [search_folder(name, m) for m in expand_methods(chosen, cfg)]
+                            + [f"{name}-final"])
+    check_tracking(resolve_tracking_uri(cfg, tracking_uri))
+    check_shared_workdir(cfg.workdir, source)  # a multi-node job: every node sees it
+    planned = plan_first(cfg, methods, chosen_seeds, budget_device_hours, source)
+    try:
+        result = run_compare_seeds(cfg, chosen, chosen_seeds, budget_device_hours, tracking_uri,
+                                   progress=lambda msg: console.print(f"[bold cyan]compare[/] {msg}"),
+                                   fresh=fresh, resume=resume, planned=planned)
+    except SearchInterrupted as e:
+        raise SearchInterrupted(resume_hint(e, "compare", [
+            ("--config", config), ("--methods", methods), ("--budget-device-hours", budget_device_hours),
+            ("--workdir", workdir), ("--tracking-uri", tracking_uri), ("--seeds", seeds)])) from None
     rep = result.report
     if json_out:
         emit_json({**rep.to_dict(), "table": str(result.report_json), "plot": str(result.report_png),
@@ -82,6 +99,9 @@ def report(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """The cost/AP table and the best-AP-vs-device-hours plot from an experiment's ledger."""
+    from da2_platform.names import check_workdir_paths
+
+    check_workdir_paths(workdir, experiment, "EXPERIMENT")  # the name becomes ledger/ and reports/ file names
     _show_report(workdir, experiment, json_out)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from da2_platform.cli.options import Shift, parse_hw
-from da2_platform.cli.output import console, emit_json, print_table
+from da2_platform.cli.output import console, emit_json, print_table, safe
 
 app = typer.Typer(help="SynthPose, and checks of any COCO person-keypoints data set.", no_args_is_help=True)
 
@@ -35,8 +35,11 @@ def synth(
     from rich.progress import Progress
 
     from da2_platform.data.synthpose import write_synthpose
+    from da2_platform.errors import DataError
+    from da2_platform.limits import MAX_SYNTH_SIDE
 
-    size = parse_hw(image_size, "--image-size")
+    size = parse_hw(image_size, "--image-size", maximum=MAX_SYNTH_SIDE,
+                    why="rendering takes about 40 bytes a pixel")
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         tasks: dict[str, int] = {}
 
@@ -45,8 +48,12 @@ def synth(
                 tasks[split] = progress.add_task(f"SynthPose {split}", total=total)
             progress.update(tasks[split], completed=done)
 
-        paths = write_synthpose(out, train=train, val=val, seed=seed, image_size=size, on_progress=on_progress,
-                                shift=shift, target=target)
+        try:
+            paths = write_synthpose(out, train=train, val=val, seed=seed, image_size=size,
+                                    on_progress=on_progress, shift=shift, target=target)
+        except KeyboardInterrupt:  # write_synthpose has removed what it wrote: say so in one line
+            raise DataError(f"--out {out}: interrupted; the partial set was removed ({out} holds what it held "
+                            "before); run the command again to write it") from None
     summary = {"root": str(paths.root), "train_annotations": str(paths.train_annotations),
                "train_images": str(paths.train_images), "val_annotations": str(paths.val_annotations),
                "val_images": str(paths.val_images), "train": train, "val": val, "seed": seed,
@@ -67,8 +74,11 @@ def inspect(
     input_size: Annotated[str, typer.Option("--input-size", help="Network input HEIGHTxWIDTH.")] = "256x192",
     json_out: Annotated[bool, typer.Option("--json", help="Print counts and round-trip AP as JSON.")] = False,
     check_images: Annotated[bool, typer.Option("--check-images", help="Also decode every image the file names "
-                                                                      "(fails on a missing or unreadable one).")]
+                                                                      "(fails on a missing or unreadable one, or "
+                                                                      "one whose size is not the file's).")]
     = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse an annotation whose num_keypoints disagrees "
+                                                          "with its labelled joints (else a warning).")] = False,
 ) -> None:
     """Counts of a COCO keypoints set and its codec round-trip AP (paper decoder and DARK).
 
@@ -82,7 +92,11 @@ def inspect(
     if check_images:
         from da2_platform.data.coco import check_images as decode_all
 
-        decode_all(annotations, images)
+        decode_all(annotations, images, strict=strict)
+    elif strict:
+        from da2_platform.data.coco import load_coco_keypoints
+
+        load_coco_keypoints(annotations, strict=True)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("codec round trip", total=None)
 
@@ -90,6 +104,11 @@ def inspect(
             progress.update(task, completed=done, total=total)
 
         report = codec_roundtrip(annotations, images, input_size=size, on_progress=on_progress)
+    if report.num_keypoints_mismatch:
+        console.print(f"[yellow]warning[/] {safe(annotations)}: {len(report.num_keypoints_mismatch)} annotation(s) "
+                      "give a num_keypoints that differs from their labelled joints (first: id "
+                      f"{report.num_keypoints_mismatch[0]}); COCOeval ignores a person whose num_keypoints is 0. "
+                      "--strict makes this an error", highlight=False, soft_wrap=True)
     if json_out:
         emit_json(report.to_json())
         return

@@ -31,13 +31,16 @@ app.command("demo")(demo.demo)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from rich.errors import MarkupError
-
+    """Our error classes; one whose module was never imported cannot have been raised, so it is not imported now
+    (pose_models pulls in torch: seconds before an interrupted `data synth` could say so)."""
     from da2_platform.errors import Da2Error
-    from pose_models.weights import BackboneWeightsError
-    from search_spaces.policy import PolicyError
 
-    return (Da2Error, PolicyError, BackboneWeightsError, MarkupError)
+    known: list[type[BaseException]] = [Da2Error]
+    for module, name in (("search_spaces.policy", "PolicyError"), ("pose_models.weights", "BackboneWeightsError"),
+                         ("rich.errors", "MarkupError")):
+        if module in sys.modules:
+            known.append(getattr(sys.modules[module], name))
+    return tuple(known)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+import shlex
+from typing import Any, Literal
 
 from da2_platform.errors import ConfigError
+from da2_platform.limits import MAX_INPUT_SIDE
 
 # Choices typer lists in --help and checks (a bad value: exit 2 naming the option); the library checks them too.
 Decoder = Literal["standard", "dark"]
-Gate = Literal["final-ap", "val-ap", "none"]
+Gate = Literal["final-ap", "search-val-ap", "none"]
 Rescore = Literal["bbox_keypoint"]
 Shift = Literal["none", "wide"]
 METHOD_METAVAR = "[da2|rl|optuna|pba|fixed:NAME]"
@@ -26,13 +28,18 @@ def check_method(method: str) -> str:
     return method
 
 
-def parse_hw(text: str, option: str = "--input-size", minimum: int = 16) -> tuple[int, int]:
-    """'256x192' -> (256, 192): height by width, as pose papers write it."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+def parse_hw(text: str, option: str = "--input-size", minimum: int = 16, maximum: int = MAX_INPUT_SIDE,
+             why: str = "the paper's largest input is 384x288") -> tuple[int, int]:
+    """'256x192' -> (256, 192): height by width, as pose papers write it; each side from `minimum` to `maximum`
+    (checked before anything of that size is allocated; docs/security.md)."""
+    match = re.fullmatch(r"\s*(\d{1,9})\s*[xX]\s*(\d{1,9})\s*", text)
     if not match or min(int(match[1]), int(match[2])) < minimum:
         raise ConfigError(f"{option}: expected HEIGHTxWIDTH such as 256x192, both at least {minimum}; "
                           f"got {option} {text!r}")
-    return int(match[1]), int(match[2])
+    h, w = int(match[1]), int(match[2])
+    if h > maximum or w > maximum:
+        raise ConfigError(f"{option}: {h}x{w} is larger than {maximum} pixels a side ({why}; docs/security.md)")
+    return h, w
 
 
 def check_batch_size(value: int, option: str = "--batch-size", maximum: int = 512) -> int:
@@ -41,13 +48,22 @@ def check_batch_size(value: int, option: str = "--batch-size", maximum: int = 51
     return value
 
 
-def parse_input_size(text: str, option: str = "--input-size", maximum: int = 1024) -> tuple[int, int]:
+def parse_input_size(text: str, option: str = "--input-size", maximum: int = MAX_INPUT_SIDE) -> tuple[int, int]:
     """A crop size P2Net accepts (H a multiple of 32, W of 16) and that fits in memory: at most `maximum` a side
     (the paper's largest is 384x288)."""
-    h, w = parse_hw(text, option, minimum=32)
-    if h > maximum or w > maximum:
-        raise ConfigError(f"{option}: {h}x{w} is larger than {maximum} pixels a side (the paper's largest input "
-                          "is 384x288)")
+    h, w = parse_hw(text, option, minimum=32, maximum=maximum)
     if h % 32 or w % 16:
         raise ConfigError(f"{option}: {h}x{w}: the height must be a multiple of 32 and the width of 16")
     return h, w
+
+
+def resume_hint(error: Exception, command: str, flags: list[tuple[str, Any]]) -> str:
+    """The interrupted search's message, ending with the command that continues it: this command's own flags
+    (a value of None or False is left out, True is a bare flag) and --resume."""
+    words = ["da2", command]
+    for flag, value in flags:
+        if value is None or value is False:
+            continue
+        words += [flag] if value is True else [flag, str(value)]
+    message = str(error).split(" Continue it with:")[0].rstrip(". ")
+    return f"{message}. Continue it with: {shlex.join(words)} --resume"

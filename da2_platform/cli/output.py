@@ -11,8 +11,10 @@ from rich.console import Console
 from rich.errors import MarkupError
 from rich.markup import escape
 
-# ANSI escape sequences (CSI, OSC, two-byte) and every other C0/C1 control character but tab and newline
-_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# ANSI escape sequences (CSI, OSC, two-byte), every other C0/C1 control character but tab and newline, and the
+# bidirectional controls (marks, embeddings, overrides, isolates) that make a name read as something it is not
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+                      "|[\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
 
 
 def plain(value: Any) -> str:

@@ -45,10 +45,12 @@ def load_policy_reference(ref: str, tracking_uri: str | None = None, config: Pat
     if not ref.startswith(REGISTRY_PREFIX):
         return resolve_policy(ref).policy
     from da2_platform.config import load_config
+    from da2_platform.registry import parse_model_ref
     from da2_platform.tracking import check_tracking, resolve_tracking_uri
 
+    parse_model_ref(ref)  # a malformed reference or a name outside the name rule: before any store is opened
     uri = resolve_tracking_uri(load_config(config), tracking_uri)
-    check_tracking(uri)
+    check_tracking(uri, read_only=True)
     return resolve_policy(ref, uri).policy
 
 

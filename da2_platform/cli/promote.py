@@ -14,7 +14,7 @@ def promote(
     version: str = typer.Argument(..., help="The policy version to promote."),
     alias: str = typer.Option("production", "--alias", help="The alias to move."),
     gate: Gate = typer.Option("final-ap", "--gate", help="final-ap (beats the alias holder's final AP), "
-                             "val-ap (search-val AP), or none (no comparison; recorded)."),
+                             "search-val-ap (the search's best search-val AP), or none (no comparison; recorded)."),
     min_ap: float | None = typer.Option(None, "--min-ap", help="Also require at least this AP (0-1)."),
     note: str = typer.Option("", "--note", help="Why, in words; stored with the promotion."),
     name: str | None = typer.Option(None, "--name", help="Registered model (default: the config's policy)."),
@@ -30,6 +30,7 @@ def promote(
     from da2_platform.cli.output import safe
     from da2_platform.config import load_config
     from da2_platform.errors import ConfigError
+    from da2_platform.names import check_name
     from da2_platform.registry import check_alias
     from da2_platform.registry import promote as do_promote
     from da2_platform.tracking import check_tracking, resolve_tracking_uri
@@ -39,10 +40,11 @@ def promote(
     if not version.isdigit():
         raise ConfigError(f"VERSION: expected a version number such as 3, got {version!r}")
     check_alias(alias)
+    if name is not None:
+        check_name(name, "--name")
     cfg = load_config(config, {"workdir": str(workdir)} if workdir else None)
     uri = resolve_tracking_uri(cfg, tracking_uri)
-    if not uri.startswith("sqlite:///"):  # a SQLite store must exist already (checked without creating it)
-        check_tracking(uri)
+    check_tracking(uri, read_only=True)  # an existing MLflow store (a SQLite one is read, never created)
     decision = do_promote(name or cfg.tracking.registered_policy, version, alias, gate, min_ap, note, uri)
     if json_out:
         emit_json(asdict(decision))

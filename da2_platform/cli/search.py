@@ -28,13 +28,17 @@ def search(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Search an augmentation policy with one method and register the best one as a `candidate` version."""
+    from da2_platform.cli.options import resume_hint
     from da2_platform.cli.output import safe
     from da2_platform.config import load_config
     from da2_platform.errors import ConfigError
+    from da2_platform.files import check_output_dir
     from da2_platform.jobenv import check_shared_workdir
-    from da2_platform.search.driver import run_search
+    from da2_platform.names import check_workdir_paths, search_folder
+    from da2_platform.search.driver import SearchInterrupted, run_search
     from da2_platform.search.methods import spec_builder
     from da2_platform.search.preflight import check_flags
+    from da2_platform.tracking import check_tracking, resolve_tracking_uri
 
     check_flags(resume, fresh)
     if one_pass and method not in ("da2", "da2:score"):
@@ -43,11 +47,21 @@ def search(
     if one_pass:
         search_cfg = cfg.search.model_copy(update={"da2": cfg.search.da2.model_copy(update={"one_pass": True})})
         cfg = cfg.model_copy(update={"search": search_cfg})
-    check_shared_workdir(cfg.workdir, str(config or "<defaults>"))  # a multi-node job: every node sees it
+    source = str(config or "<defaults>")
+    check_output_dir(cfg.workdir, "workdir")
+    check_workdir_paths(cfg.workdir, cfg.name, source, [search_folder(cfg.name, method)])  # before --fresh deletes
+    check_tracking(resolve_tracking_uri(cfg, tracking_uri))  # a store that is none: refused before Ray starts
+    check_shared_workdir(cfg.workdir, source)  # a multi-node job: every node sees it
     builder = spec_builder(method)
     console.print(f"[bold]search[/] {safe(method)} on {safe(cfg.name)} (workdir {safe(cfg.workdir)})")
-    outcome = run_search(cfg, method, builder, resume=resume, tracking_uri=tracking_uri,
-                         register=not no_register, fresh=fresh)
+    try:
+        outcome = run_search(cfg, method, builder, resume=resume, tracking_uri=tracking_uri,
+                             register=not no_register, fresh=fresh)
+    except SearchInterrupted as e:
+        raise SearchInterrupted(resume_hint(e, "search", [("--method", method), ("--config", config),
+                                                          ("--workdir", workdir), ("--tracking-uri", tracking_uri),
+                                                          ("--one-pass", one_pass),
+                                                          ("--no-register", no_register)])) from None
     if outcome.failed_trials:
         console.print(f"[yellow]warning[/] {len(outcome.failed_trials)} trial(s) failed after "
                       f"{cfg.search.max_failures} retries each: {safe(', '.join(outcome.failed_trials))}; the policy "

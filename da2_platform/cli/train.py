@@ -28,7 +28,9 @@ def train(
 
     The trained model is registered as a version of `p2net` whose tags name the exact policy version used."""
     from da2_platform.config import load_config
+    from da2_platform.files import check_output_dir
     from da2_platform.jobenv import check_shared_workdir
+    from da2_platform.names import check_workdir_paths
     from da2_platform.policies import resolve_policy
     from da2_platform.registry import register_trained_model
     from da2_platform.tracking import setup_tracking
@@ -40,7 +42,10 @@ def train(
     if workdir is not None:
         overrides["workdir"] = str(workdir)
     cfg = load_config(config, overrides)
-    check_shared_workdir(cfg.workdir, str(config or "<defaults>"))  # a multi-node job: every node sees it
+    source = str(config or "<defaults>")
+    check_output_dir(cfg.workdir, "workdir")  # the same clear error as `da2 search` for a bad work dir
+    check_workdir_paths(cfg.workdir, cfg.name, source, [f"train-{cfg.name}"])  # before --fresh deletes
+    check_shared_workdir(cfg.workdir, source)  # a multi-node job: every node sees it
     if not no_register or (policy or "").startswith("models:/"):
         setup_tracking(cfg, tracking_uri)  # an unreachable server fails here, before any compute
     resolved = resolve_policy(policy) if policy else None
@@ -113,6 +118,7 @@ def predict(
     from da2_platform.data.topdown import TopDownDataset
     from da2_platform.files import check_output_file, read_json, write_json_atomic
     from da2_platform.inference import predict_dataset
+    from da2_platform.limits import MAX_PREDICTIONS_BYTES
     from da2_platform.training.loop import load_checkpoint, model_from_checkpoint
     from da2_platform.training.step import pick_device
 
@@ -121,7 +127,7 @@ def predict(
     requested = parse_input_size(input_size) if input_size else None
     model = model_from_checkpoint(checkpoint)
     size = requested or tuple(load_checkpoint(checkpoint)["input_size"])
-    det = read_json(boxes, "detections file") if boxes else None
+    det = read_json(boxes, "detections file", MAX_PREDICTIONS_BYTES) if boxes else None
     dataset = TopDownDataset(annotations, images, input_size=size, boxes=det, require_keypoints=False)
     results = predict_dataset(model, dataset, pick_device(), batch_size, flip_test, decoder)
     write_json_atomic(out, results, indent=None)

@@ -19,6 +19,8 @@ import numpy as np
 
 from da2_platform.errors import DataError
 from da2_platform.files import read_json
+from da2_platform.limits import MAX_ANNOTATIONS_BYTES, MAX_COCO_IMAGES
+from da2_platform.names import file_inside
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,15 @@ class CocoKeypoints:
     persons: int  # annotations of the keypoint category, usable or not
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_ann_ids: set[int] = field(default_factory=set)  # skipped for a box problem (dropped from evaluation)
+    num_keypoints_mismatch: list[int] = field(default_factory=list)  # ann ids whose num_keypoints is wrong
 
     @property
     def num_joints(self) -> int:
         return len(self.keypoint_names)
 
     def image_file(self, images_dir: str | Path, image_id: int) -> Path:
-        return Path(images_dir) / str(self.images[image_id]["file_name"])
+        """The image's path inside `images_dir`; a file_name that leads out of it is a DataError."""
+        return file_inside(Path(images_dir), self.images[image_id]["file_name"], f"{self.path}: image id {image_id}")
 
     def to_pycocotools(self) -> Any:
         """A pycocotools COCO index over the raw dict, built without its stdout chatter."""
@@ -84,10 +88,14 @@ def quiet_coco(dataset: dict[str, Any]) -> Any:
     return coco
 
 
-def load_coco_keypoints(path: str | Path, what: str = "annotations file") -> CocoKeypoints:
-    """Read and validate a COCO keypoints JSON (see the module docstring for what raises and what is skipped)."""
+def load_coco_keypoints(path: str | Path, what: str = "annotations file", strict: bool = False) -> CocoKeypoints:
+    """Read and validate a COCO keypoints JSON (see the module docstring for what raises and what is skipped).
+
+    A `num_keypoints` that disagrees with the labelled joints (v > 0) is listed in `num_keypoints_mismatch`, for
+    `da2 data inspect` to warn about (COCOeval ignores a person whose num_keypoints is 0, so the AP changes); with
+    `strict` it is a DataError."""
     path = Path(path)
-    data = read_json(path, what)
+    data = read_json(path, what, MAX_ANNOTATIONS_BYTES)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
     for key in ("images", "annotations", "categories"):
@@ -104,6 +112,7 @@ def load_coco_keypoints(path: str | Path, what: str = "annotations file") -> Coc
     box_skipped: set[int] = set()
     persons = 0
     seen_ids: set[int] = set()
+    mismatched: list[int] = []
     for index, ann in enumerate(data["annotations"]):
         ann_id = _annotation_id(path, index, ann, seen_ids)
         where = f"{path}: annotation id {ann_id}"
@@ -117,7 +126,8 @@ def load_coco_keypoints(path: str | Path, what: str = "annotations file") -> Coc
         image_id = ann.get("image_id")
         if image_id not in images:
             raise DataError(f"{where}: image_id {image_id!r} is not in the file's 'images' list")
-        keypoints = _keypoints(where, ann.get("keypoints"), len(names))
+        keypoints = _keypoints(where, ann.get("keypoints"), names)
+        _check_num_keypoints(where, ann.get("num_keypoints"), keypoints, strict, mismatched, ann_id)
         reason, bbox = _clipped_box(ann.get("bbox"), images[image_id])
         if reason is not None:
             skipped[reason] += 1
@@ -133,7 +143,7 @@ def load_coco_keypoints(path: str | Path, what: str = "annotations file") -> Coc
     return CocoKeypoints(path=path, dataset=data, category_id=category["id"], keypoint_names=names,
                          skeleton=_skeleton(path, category.get("skeleton", []), len(names)),
                          images=images, instances=instances, persons=persons, skipped=dict(skipped),
-                         skipped_ann_ids=box_skipped)
+                         skipped_ann_ids=box_skipped, num_keypoints_mismatch=mismatched)
 
 
 def _keypoint_category(path: Path, categories: list[Any]) -> dict[str, Any]:
@@ -164,6 +174,9 @@ def _skeleton(path: Path, value: Any, num_joints: int) -> list[list[int]]:
 
 
 def _index_images(path: Path, entries: list[Any]) -> dict[int, dict[str, Any]]:
+    if len(entries) > MAX_COCO_IMAGES:
+        raise DataError(f"{path}: images: {len(entries)} entries, more than the {MAX_COCO_IMAGES} a file may hold "
+                        "(docs/security.md)")
     images: dict[int, dict[str, Any]] = {}
     for index, image in enumerate(entries):
         if not isinstance(image, dict):
@@ -189,14 +202,31 @@ def _annotation_id(path: Path, index: int, ann: Any, seen: set[int]) -> int:
     return ann_id
 
 
-def _keypoints(where: str, values: Any, num_joints: int) -> np.ndarray:
+def _keypoints(where: str, values: Any, names: list[str]) -> np.ndarray:
+    num_joints = len(names)
     if not isinstance(values, list) or len(values) != 3 * num_joints:
         got = f"{len(values)} values" if isinstance(values, list) else repr(type(values).__name__)
         raise DataError(f"{where}: 'keypoints' must hold {3 * num_joints} numbers "
                         f"({num_joints} joints x (x, y, v)), got {got}")
     if not all(is_finite_number(v) for v in values):
         raise DataError(f"{where}: 'keypoints' holds a value that is not a finite number")
+    for joint, v in enumerate(values[2::3]):
+        if v not in (0, 1, 2):
+            raise DataError(f"{where}: keypoints: joint {joint} ({names[joint]}) has visibility {v!r}; COCO's are 0 "
+                            "(not labelled), 1 (labelled, hidden) and 2 (labelled, visible)")
     return np.asarray(values, dtype=np.float32).reshape(num_joints, 3)
+
+
+def _check_num_keypoints(where: str, given: Any, keypoints: np.ndarray, strict: bool, mismatched: list[int],
+                         ann_id: int) -> None:
+    if given is None:  # optional: evaluation fills it from the joints
+        return
+    labelled = int((keypoints[:, 2] > 0).sum())
+    if is_finite_number(given) and int(given) == given == labelled:
+        return
+    if strict:
+        raise DataError(f"{where}: num_keypoints: {given!r}, but {labelled} joints are labelled (v > 0)")
+    mismatched.append(ann_id)
 
 
 def _clipped_box(bbox: Any, image: dict[str, Any]) -> tuple[str | None, np.ndarray]:
@@ -221,25 +251,38 @@ def is_finite_number(value: Any) -> bool:
 
 
 def unreadable_images(coco: CocoKeypoints, images_dir: str | Path) -> list[tuple[str, str]]:
-    """(file name, why) for every image of the file that is missing or that OpenCV cannot decode."""
+    """(file name, why) for every image of the file that is missing, that OpenCV cannot decode, or whose decoded
+    size is not the `width` x `height` the file gives (boxes are clipped and crops drawn by those)."""
     import cv2
+
+    from da2_platform.files import file_problem
 
     bad = []
     for image_id in sorted(coco.images):
         path = coco.image_file(images_dir, image_id)
-        if not path.is_file():
-            bad.append((str(path), "missing"))
-        elif cv2.imread(str(path), cv2.IMREAD_COLOR) is None:
+        problem = file_problem(path)
+        if problem is not None:
+            bad.append((str(path), "missing" if problem == "not found" else problem))
+            continue
+        pixels = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if pixels is None:
             bad.append((str(path), "not a readable image"))
+            continue
+        entry = coco.images[image_id]
+        width, height = entry.get("width"), entry.get("height")
+        if (is_finite_number(width) and is_finite_number(height)
+                and (pixels.shape[1], pixels.shape[0]) != (width, height)):
+            why = f"decoded {pixels.shape[1]}x{pixels.shape[0]} px (width x height), the file says {width:g}x{height:g}"
+            bad.append((str(path), why))
     return bad
 
 
-def check_images(annotations: str | Path, images_dir: str | Path) -> int:
+def check_images(annotations: str | Path, images_dir: str | Path, strict: bool = False) -> int:
     """Decode every image an annotations file names; a DataError lists the first few that fail."""
-    coco = load_coco_keypoints(annotations)
+    coco = load_coco_keypoints(annotations, strict=strict)
     bad = unreadable_images(coco, images_dir)
     if bad:
         shown = "; ".join(f"{name} ({why})" for name, why in bad[:5])
         more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise DataError(f"{annotations}: {len(bad)} of {len(coco.images)} images cannot be read: {shown}{more}")
+        raise DataError(f"{annotations}: {len(bad)} of {len(coco.images)} images cannot be used: {shown}{more}")
     return len(coco.images)

@@ -34,13 +34,15 @@ class RoundTripReport:
     roundtrip_ap: dict[str, float] = field(default_factory=dict)  # decoder -> COCO keypoint AP
     mean_oks: dict[str, float] = field(default_factory=dict)  # decoder -> mean OKS with the person's own GT
     mean_error_px: dict[str, float] = field(default_factory=dict)  # decoder -> mean joint error in image px
+    num_keypoints_mismatch: list[int] = field(default_factory=list)  # ann ids whose num_keypoints is wrong
 
     def to_json(self) -> dict:
         return {"images": self.images, "persons": self.persons,
                 "persons_with_keypoints": self.persons_with_keypoints,
                 "roundtrip_ap": dict(self.roundtrip_ap), "skipped": dict(self.skipped),
                 "mean_oks": dict(self.mean_oks), "mean_error_px": dict(self.mean_error_px),
-                "input_size": list(self.input_size), "annotations": self.annotations}
+                "input_size": list(self.input_size), "annotations": self.annotations,
+                "num_keypoints_mismatch": len(self.num_keypoints_mismatch)}
 
 
 def codec_roundtrip(annotations: str | Path, images: str | Path, input_size: tuple[int, int] = (256, 192),
@@ -84,7 +86,8 @@ def codec_roundtrip(annotations: str | Path, images: str | Path, input_size: tup
                            roundtrip_ap=roundtrip_ap,
                            mean_oks={m: float(np.mean(v)) if v else 0.0 for m, v in oks.items()},
                            mean_error_px={m: float(np.concatenate(v).mean()) if v else 0.0
-                                          for m, v in errors.items()})
+                                          for m, v in errors.items()},
+                           num_keypoints_mismatch=list(dataset.source.num_keypoints_mismatch))
 
 
 def _oks(distance: np.ndarray, area: float, labelled: np.ndarray) -> float:

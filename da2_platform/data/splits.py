@@ -18,6 +18,7 @@ import numpy as np
 from da2_platform.config import ExperimentConfig
 from da2_platform.errors import ConfigError
 from da2_platform.files import read_json, write_json_atomic
+from da2_platform.limits import MAX_ANNOTATIONS_BYTES
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def prepare_data(cfg: ExperimentConfig) -> ExperimentData:
 
 def write_search_split(train_annotations: Path, out_dir: Path, val_fraction: float, seed: int) -> tuple[Path, Path]:
     """Split a COCO keypoints file by image into search_train.json and search_val.json (deterministic)."""
-    coco = read_json(train_annotations, "training annotations")
+    coco = read_json(train_annotations, "training annotations", MAX_ANNOTATIONS_BYTES)
     images = sorted(coco.get("images", []), key=lambda im: im["id"])
     if len(images) < 2:
         raise ConfigError(f"{train_annotations}: needs at least 2 images to carve a search-val split")

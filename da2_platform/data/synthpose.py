@@ -18,7 +18,9 @@ are written.
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,6 +31,7 @@ import numpy as np
 
 from da2_platform.errors import ConfigError, DataError
 from da2_platform.files import read_json, write_bytes_atomic, write_json_atomic
+from da2_platform.limits import MAX_SYNTH_IMAGES, MAX_SYNTH_SIDE
 
 COCO_KEYPOINT_NAMES: list[str] = [
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
@@ -45,6 +48,7 @@ FIRST_IMAGE_ID = {"train": 1, "val": 1_000_001, "target": 2_000_001}
 SHIFTS = ("none", "wide", "lowlight", "lowlight-tilt")
 SUBPIXEL_BITS = 4  # cv2 drawing takes fixed-point coordinates; 1/16 px keeps joints where they are labelled
 JOINT = {name: i for i, name in enumerate(COCO_KEYPOINT_NAMES)}
+STAGING_DIR = ".synthpose-partial"  # inside the output folder while a set is written
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,11 @@ def write_synthpose(out: str | Path, train: int = 400, val: int = 100, seed: int
     height, width = int(image_size[0]), int(image_size[1])
     if min(height, width) < 64:
         raise ConfigError(f"SynthPose image_size must be at least 64x64, got {height}x{width}")
+    if max(height, width) > MAX_SYNTH_SIDE:  # before anything is allocated or written (docs/security.md)
+        raise ConfigError(f"SynthPose image_size {height}x{width} is larger than {MAX_SYNTH_SIDE} pixels a side")
+    if max(train, val, target) > MAX_SYNTH_IMAGES:
+        raise ConfigError(f"SynthPose sizes must be at most {MAX_SYNTH_IMAGES} images a split, got train={train}, "
+                          f"val={val}, target={target}")
     root = Path(out)
     paths = SynthPosePaths(root=root,
                            train_annotations=root / "annotations" / "person_keypoints_train.json",
@@ -157,9 +166,32 @@ def write_synthpose(out: str | Path, train: int = 400, val: int = 100, seed: int
     manifest_path = root / "synthpose.json"
     if _already_written(manifest_path, manifest, paths):
         return paths
-    for split, count, ann_path, image_dir in _splits(paths, train, val, target):
-        coco = _write_split(split, count, seed, (height, width), image_dir, on_progress, split_style(split, shift))
-        write_json_atomic(ann_path, coco, indent=None)
+    # every split is written into a staging folder and moved into place once all are whole, so an interrupted
+    # run (Ctrl+C) leaves what was there before: no half set, no folder it created
+    created = [p for p in (root, *root.parents) if not p.exists()]
+    staging = root / STAGING_DIR
+    try:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed outright
+        staged = []
+        for split, count, ann_path, image_dir in _splits(paths, train, val, target):
+            coco = _write_split(split, count, seed, (height, width), staging / split, on_progress,
+                                split_style(split, shift))
+            write_json_atomic(staging / ann_path.name, coco, indent=None)
+            staged.append((staging / split, image_dir, staging / ann_path.name, ann_path, coco))
+        manifest_path.unlink(missing_ok=True)  # from here until the manifest is written the set is not whole
+        for staged_images, image_dir, staged_ann, ann_path, coco in staged:
+            image_dir.mkdir(parents=True, exist_ok=True)
+            for image in coco["images"]:
+                os.replace(staged_images / image["file_name"], image_dir / image["file_name"])
+            _remove_stale_images(image_dir, {im["file_name"] for im in coco["images"]})
+            ann_path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged_ann, ann_path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
+            shutil.rmtree(folder, ignore_errors=True)  # made by this run: nothing of anyone else's is inside
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     if not target:  # a target split an earlier run wrote does not belong to this set
         (root / "annotations" / "person_keypoints_target.json").unlink(missing_ok=True)
         stale = root / "images" / "target"
@@ -216,7 +248,6 @@ def _write_split(split: str, count: int, seed: int, image_size: tuple[int, int],
             annotations.append({"id": image_id * 10 + k + 1, "image_id": image_id, "category_id": 1, **person})
         if on_progress is not None:
             on_progress(split, i + 1, count)
-    _remove_stale_images(image_dir, {im["file_name"] for im in images})
     return {
         "info": {"description": f"SynthPose {split} (rendered articulated figures)",
                  "version": str(GENERATOR_VERSION), "style": asdict(style)},

@@ -20,6 +20,7 @@ from da2_platform.data.coco import CocoKeypoints, PersonInstance, load_coco_keyp
 from da2_platform.data.geometry import apply_affine, box_to_center_scale, crop_affine
 from da2_platform.data.heatmaps import flip_pairs_from_names
 from da2_platform.errors import DataError
+from da2_platform.files import file_problem
 
 CropTransform = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -124,9 +125,13 @@ class TopDownDataset(Dataset):
                 continue
             checked.add(inst.image_id)
             image_file = self.source.image_file(self.images_dir, inst.image_id)
-            if not image_file.is_file():
+            problem = file_problem(image_file)
+            if problem == "not found":
                 raise DataError(f"image file not found: {image_file} (image id {inst.image_id}, annotation id "
                                 f"{inst.ann_id} in {self.annotations_path})")
+            if problem is not None:
+                raise DataError(f"{image_file}: {problem} (image id {inst.image_id}, annotation id {inst.ann_id} "
+                                f"in {self.annotations_path})")
 
     # ---- items -----------------------------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """The plan's arithmetic: each method's work (`plan.work`) priced with unit costs (`plan.costs`).
 
 Per trial: setup x (1 + restarts) + steps x the step's cost + evaluations x crops x the cost of a crop + reports x
-a checkpoint. A search costs its trials together; under a budget it stops at the first report past the budget
-(the budget is checked at reports), so it spends the budget and on average half a report's cost more. Wall time:
-a search runs min(its concurrency, the trials the workers can hold) trials at once, and lasts no less than its
-longest trial. A comparison runs the searches side by side on the same workers, then the final trainings, one
+a checkpoint. A search costs its trials together; under a budget it stops within one step of it (the platform's
+budget account: each trial running then ends with its step), so it spends the budget and on average half a step
+per running trial more. Wall time: a search runs min(its concurrency, the trials the workers can hold) trials at
+once, and lasts no less than its longest trial. A comparison runs the searches side by side on the same workers, then the final trainings, one
 seed after another.
 """
 
@@ -78,21 +78,35 @@ def trial_cost(trial: TrialWork, costs: UnitCosts, sizes: DataSizes) -> float:
 
 
 def report_cost(trial: TrialWork, costs: UnitCosts, sizes: DataSizes) -> float:
-    """Device-seconds between two reports of a trial: where today's budget check can first stop it."""
+    """Device-seconds between two reports of a trial."""
     evals = sum(n * sizes.crops(split) for split, n in trial.evals.items()) / max(1.0, trial.reports)
     return trial.report_steps * costs.step(trial.kind) + evals * costs.eval_crop + costs.checkpoint
 
 
+STOP_RULES = ("step", "report")
+
+
+def overshoot(trial: TrialWork, costs: UnitCosts, sizes: DataSizes, concurrent: int, stop_at: str = "step"
+              ) -> float:
+    """What a capped search spends past its budget on average. `step` (the platform's budget account): each trial
+    running when the budget is spent ends with the step it is in, half a step on average. `report` (before the
+    account, as comparisons recorded until then ran): the first report past the budget, half a report's cost."""
+    if stop_at == "report":
+        return report_cost(trial, costs, sizes) / 2
+    return concurrent * costs.step(trial.kind) / 2
+
+
 def price(work: MethodWork, costs: UnitCosts, sizes: DataSizes, resources: Resources,
-          budget_s: float | None = None, finals: int = 1) -> MethodPlan:
+          budget_s: float | None = None, finals: int = 1, stop_at: str = "step") -> MethodPlan:
     """One method's search (capped at `budget_s` device-seconds when given) and its `finals` final trainings."""
     search, held = work.search, costs.devices_held
     per_trial = trial_cost(search, costs, sizes)
     full = search.count * per_trial
     asked = search.count if work.unit == "children" else search.steps
     spent, bought, trials = full, asked, search.count
+    running = max(1, min(work.concurrent, resources.slots(held), math.ceil(search.count)))
     if budget_s is not None and full > budget_s:
-        spent = min(full, budget_s + report_cost(search, costs, sizes) / 2)
+        spent = min(full, budget_s + overshoot(search, costs, sizes, running, stop_at))
         if work.unit == "children":
             bought = trials = min(search.count, budget_s / per_trial)
             trials = min(search.count, math.ceil(trials) + max(0, work.concurrent - 1))  # the ones running when stopped

@@ -58,19 +58,14 @@ def hours_minutes(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}" if minutes >= 60 else f"{seconds / 60:.1f} min"
 
 
-def budgeted_methods() -> tuple[str, ...]:
-    """The methods a comparison's budget caps (as `da2 compare` runs them)."""
-    from da2_platform.compare import BUDGETED
-
-    return tuple(BUDGETED)
-
-
 def make_plan(cfg: ExperimentConfig, methods: str, source: str = "auto", budget_device_hours: float | None = None,
               budgets: list[float] | None = None, workers: int = 1, devices_per_worker: float | None = None,
               seeds: list[int] | None = None, scale: str | None = None, tflops: float | None = None,
               config_label: str = "<defaults>", costs: UnitCosts | None = None,
-              sizes: DataSizes | None = None) -> Plan:
+              sizes: DataSizes | None = None, capped: set[str] | None = None, stop_at: str = "step") -> Plan:
     """The plan of `methods` on `cfg` (or, with `scale`, on the named COCO config priced from `cfg`'s costs).
+    A budget caps every method, as `da2 compare` runs them (`capped` names others) and stops them within a step
+    (`stop_at` "report": at the first report past it, as comparisons before the budget account ran).
     `costs` and `sizes` skip reading, measuring and counting them (tests, a caller that has them)."""
     from da2_platform.compare import seed_config
 
@@ -100,7 +95,7 @@ def make_plan(cfg: ExperimentConfig, methods: str, source: str = "auto", budget_
     run_cfg = seed_config(target, seeds[0], len(seeds) > 1) if seeds else target
     sizes = sizes or data_sizes(target)
     works = {m: work_function(m)(run_cfg, m, sizes) for m in chosen}
-    capped = set(budgeted_methods())
+    capped = set(chosen) if capped is None else set(capped)
     plans: dict[str, MethodPlan] = {}
     budget_rows: list[dict] = []
     if budgets:
@@ -111,28 +106,29 @@ def make_plan(cfg: ExperimentConfig, methods: str, source: str = "auto", budget_
             if m in capped:
                 full = price(w, costs, sizes, resources).unbudgeted_device_seconds
                 distinct = min(len(levels), sum(1 for b in levels if b * reference < full) + 1)
-                plans[m] = price(w, costs, sizes, resources, levels[-1] * reference, finals=distinct)
+                plans[m] = price(w, costs, sizes, resources, levels[-1] * reference, distinct, stop_at)
             else:
                 plans[m] = price(w, costs, sizes, resources)
         for b in levels:
-            at = {m: price(works[m], costs, sizes, resources, b * reference if m in capped else None)
-                  for m in chosen}
+            at = {m: price(works[m], costs, sizes, resources, b * reference if m in capped else None,
+                           stop_at=stop_at) for m in chosen}
             budget_rows.append({"multiple": b, "device_hours": b * reference / 3600,
                                 "methods": {m: {"search_device_hours": p.search_device_seconds / 3600,
                                                 "bought": p.bought, "asked": p.asked, "unit": p.unit}
                                             for m, p in at.items()}})
     else:
         budget_s = None if budget_device_hours is None else budget_device_hours * 3600
-        plans = {m: price(w, costs, sizes, resources, budget_s if m in capped else None) for m, w in works.items()}
+        plans = {m: price(w, costs, sizes, resources, budget_s if m in capped else None, stop_at=stop_at)
+                 for m, w in works.items()}
     method_plans = [plans[m] for m in chosen]
     total = side_by_side(method_plans, held, resources, run_cfg.search.rl.concurrent, len(seeds or [0]))
     plan = Plan(target.name, config_label if scale is None else f"{config_label} -> {scale}", costs, sizes,
                 resources, len(seeds or [0]), method_plans, total, budget_device_hours, budget_rows, facts)
-    plan.assumptions = assumptions(plan, capped, run_cfg)
+    plan.assumptions = assumptions(plan, capped, run_cfg, stop_at)
     return plan
 
 
-def assumptions(plan: Plan, capped: set[str], cfg: ExperimentConfig) -> list[str]:
+def assumptions(plan: Plan, capped: set[str], cfg: ExperimentConfig, stop_at: str = "step") -> list[str]:
     c, r = plan.costs, plan.resources
     steps = ", ".join(f"DA2 {e} {s:.3g} s ({s / c.train_step:.2f}x)" for e, s in sorted(c.da2_step.items()))
     units = (f"per step with setup and evaluations spread in: plain {c.train_step:.3g} s"
@@ -149,8 +145,10 @@ def assumptions(plan: Plan, capped: set[str], cfg: ExperimentConfig) -> list[str
            (f"final trainings: {cfg.train.epochs} epochs of the full train split, scored on val, "
            f"{max(1, cfg.search.rl.concurrent)} at once")]
     if plan.budget_device_hours is not None or plan.budgets:
-        out.append(f"a budget caps {', '.join(sorted(capped))}: it is checked at reports, so a capped search spends "
-                   "it and half a report's cost more on average")
+        rule = ("it is checked at reports, so a capped search spends it and half a report's cost more on average"
+                if stop_at == "report" else "a capped search stops within a step of it: it spends the budget and "
+                "half a step per running trial more on average")
+        out.append(f"a budget caps {', '.join(sorted(capped))}; {rule}")
     if plan.budgets:
         out.append("--budgets: multiples of the cheaper DA2 method's planned cost; a capped method's anytime policy "
                    "is retrained at each budget where it can differ")

@@ -28,12 +28,12 @@ class TrialRow(Protocol):
     wall_seconds: float
     policy_json: str
     trial_id: str
+    search_val_ap: float | None
 
 
 def search_score(row: TrialRow) -> float:
     """A search trial's search-val AP (the ledger's search-val column)."""
-    value = getattr(row, "search_val_ap", None)
-    return float(row.val_ap if value is None else value)  # type: ignore[attr-defined]
+    return float(row.search_val_ap)
 
 
 def returned_policy(method: str, rows: Sequence[TrialRow], top_children: int = 5) -> Policy | None:

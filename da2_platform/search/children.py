@@ -14,6 +14,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,10 +28,13 @@ from search_spaces.discrete import DiscreteSpace
 from search_spaces.ops import searched_op_names
 from search_spaces.policy import Policy
 
+if TYPE_CHECKING:
+    from da2_platform.search.control import TrialBudget
+
 EVALS_PER_CHILD = 2  # report points per child: ASHA's rungs and PBT's perturbation points
 
-# report(metrics, checkpoint bytes): tune.report in a trial, anything else in tests and benchmarks
-Report = Callable[[dict, bytes], None]
+# report(metrics, checkpoint bytes or None): tune.report in a trial, anything else in tests and benchmarks
+Report = Callable[[dict, bytes | None], None]
 
 
 def discrete_space(sc: DiscreteSearchConfig, include_flip: bool = False) -> DiscreteSpace:
@@ -54,40 +58,70 @@ def child_fit(cfg: ExperimentConfig, settings: dict, policy: Policy, device: tor
     return Fit(cfg, model, train_ds, policy, device, devices_held=held)
 
 
-def run_child(fit: Fit, settings: dict, report: Report) -> None:
+class BudgetStop(Exception):
+    """The search's budget was spent: the trial made its last report and ends now."""
+
+
+def trial_clock(cfg: ExperimentConfig, device: torch.device) -> TrialClock:
+    """The clock of a trial, started when the trial starts, so its set-up (model, data, weights) is charged."""
+    return TrialClock(gpus=cfg.search.gpus_per_trial if device.type == "cuda" else 0, cpus=cfg.search.cpus_per_trial)
+
+
+def run_child(fit: Fit, settings: dict, report: Report, clock: TrialClock | None = None,
+              budget: TrialBudget | None = None) -> None:
     """Train `fit` for settings["child_steps"] steps (or its epochs when None), evaluating at `evals` points.
 
     Each report carries the AP, the policy, the PBA schedule so far (the policy this child trained with from
-    each report on) and the trial's device-seconds; the checkpoint is `Fit`'s, with the schedule in its state."""
+    each report on) and the trial's device-seconds; the checkpoint is `Fit`'s, with the schedule in its state.
+    With a `budget`, every step charges the trial's spend; the first step past the search's budget ends the
+    trial with a last report (`budget_stop`, and the last AP it measured if any)."""
     cfg, policy, device = fit.cfg, fit.policy, fit.device
     child_steps = settings.get("child_steps")
     total = int(child_steps) if child_steps else fit.total_steps()
     every = max(1, total // int(settings.get("evals", EVALS_PER_CHILD)))
-    clock = TrialClock(gpus=cfg.search.gpus_per_trial if device.type == "cuda" else 0,
-                       cpus=cfg.search.cpus_per_trial, previous_wall=float(fit.state.extra.get("wall", 0.0)))
+    clock = clock or trial_clock(cfg, device)
+    clock.previous_wall = float(fit.state.extra.get("wall", 0.0))
     schedule = fit.state.extra.setdefault("schedule", [])
+    last: dict = {}
 
     def on_step(f: Fit, metrics: StepMetrics) -> None:
         step = f.state.step
+        if budget is not None and not budget.charge(clock.report()["device_seconds"]):
+            scored = {"val_ap": last["val_ap"], "policy_json": policy.to_json()} if last else {}
+            report({"step": step, "train_loss": metrics.loss, "complete": False, "budget_stop": True, **scored,
+                    "schedule_json": json.dumps(schedule), **clock.report()}, None)
+            raise BudgetStop
         if step % every and step != total:
             return
         coco = evaluate_model(f.model, Path(settings["eval_annotations"]), Path(settings["eval_images"]),
                               cfg.data.input_size, device, flip_test=cfg.train.flip_test, decoder=cfg.train.decoder,
                               batch_size=cfg.train.eval_batch_size)
         schedule.append({"step": step, "policy": policy.to_dict()})
+        last["val_ap"] = coco["AP"]
         f.state.extra["wall"] = clock.wall()
         report({"step": step, "train_loss": metrics.loss, "val_ap": coco["AP"], "policy_json": policy.to_json(),
                 "complete": step >= total, "schedule_json": json.dumps(schedule), **clock.report()},
                f.checkpoint_bytes())
 
-    fit.run(max_steps=total if child_steps else None, on_step=on_step)
+    try:
+        fit.run(max_steps=total if child_steps else None, on_step=on_step)
+    except BudgetStop:
+        return
 
 
 def child_trainable(config: dict, settings: dict) -> None:
     """The Ray Tune function trainable of every child and final training."""
     from ray import tune
 
+    from da2_platform.search.control import TrialBudget
+
+    started = TrialClock(gpus=0, cpus=0)  # the trial's start: set-up is charged (the clock below counts from it)
     cfg = ExperimentConfig.model_validate(settings["cfg"])
+    budget = TrialBudget.for_this_trial()
+    if budget is not None and not budget.charge(0.0):  # started after the budget ran out: no set-up either
+        tune.report({"step": 0, "complete": False, "budget_stop": True,
+                     **trial_clock(cfg, torch.device("cpu")).report()})
+        return
     space = DiscreteSpace(**settings["space"]) if settings.get("space") else None
     limit_threads(cfg)
     device = trial_device(cfg)
@@ -98,12 +132,17 @@ def child_trainable(config: dict, settings: dict) -> None:
         with checkpoint.as_directory() as d:
             fit.load(Path(d) / CHECKPOINT_FILE)
 
-    def report(metrics: dict, blob: bytes) -> None:
+    def report(metrics: dict, blob: bytes | None) -> None:
+        if blob is None:  # the last report of a trial its search's budget stopped
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / CHECKPOINT_FILE).write_bytes(blob)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    run_child(fit, settings, report)
+    clock = trial_clock(cfg, device)
+    clock.started, clock.start_time = started.started, started.start_time
+    run_child(fit, settings, report, clock, budget)
 
 
 def child_settings(cfg: ExperimentConfig, data, sc: DiscreteSearchConfig | None, child_steps: int | None) -> dict:

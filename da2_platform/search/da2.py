@@ -248,8 +248,17 @@ def da2_trainable(config: dict, settings: dict) -> None:
     """Ray Tune function trainable: config = {"seed": s}; settings carries the experiment config and data paths."""
     from ray import tune
 
+    from da2_platform.search.control import TrialBudget
+
     cfg = ExperimentConfig.model_validate(settings["cfg"]).model_copy(update={"seed": int(config["seed"])})
     sc = cfg.search.da2
+    # started before the set-up (model, data, the relaxed policy), which is charged to the trial too
+    clock = TrialClock(gpus=cfg.search.gpus_per_trial if torch.cuda.is_available() and cfg.search.gpus_per_trial
+                       else 0, cpus=cfg.search.cpus_per_trial)
+    budget = TrialBudget.for_this_trial()
+    if budget is not None and not budget.charge(0.0):  # started after the budget ran out: no set-up either
+        tune.report({"step": 0, "complete": False, "budget_stop": True, **clock.report()})
+        return
     limit_threads(cfg)
     device = trial_device(cfg)
     train_ds = TopDownDataset(settings["train_annotations"], settings["train_images"], input_size=cfg.data.input_size)
@@ -260,11 +269,15 @@ def da2_trainable(config: dict, settings: dict) -> None:
         with checkpoint.as_directory() as d:
             search.load(Path(d) / STATE_FILE)
     resumed_from = search.state["step"]
-    clock = TrialClock(gpus=cfg.search.gpus_per_trial if device.type == "cuda" else 0,
-                       cpus=cfg.search.cpus_per_trial, previous_wall=search.state["wall"])
+    clock.previous_wall = search.state["wall"]
     while not search.done:
         stats = search.step()
         step = search.state["step"]
+        if budget is not None and not budget.charge(clock.report()["device_seconds"]):
+            # the search's budget is spent within this step: charged what it used, no policy returned
+            tune.report({"step": step, "train_loss": stats.train_loss, "complete": False, "budget_stop": True,
+                         "resumed_from_step": resumed_from, **clock.report()})
+            return
         if step % sc.checkpoint_every and not search.done:
             continue
         metrics = {"step": step, "train_loss": stats.train_loss, "resumed_from_step": resumed_from}

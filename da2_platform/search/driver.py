@@ -93,6 +93,10 @@ def run_search(cfg: ExperimentConfig, method: str, make_spec: Callable[[Experime
                               defer_cleanup=spec.keep_checkpoints is None or spec.model_file is not None)
     # one checkpoint per running trial makes Tune save its state at every report, by design: not worth a warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # a budgeted search: its trials charge every step to the account named after this Tune experiment
+    spent_before = sum(r.device_seconds for r in recorder.ledger.rows() if r.search_run_id == state["run_id"])
+    if isinstance(stopper, BudgetStopper):
+        stopper.open(name, spent_before)
     progress = SearchProgress(method, spec.expected_trials, getattr(stopper, "budget", None))
     run_config = {"stop": stopper, "callbacks": [recorder, progress],
                   "failure_config": tune.FailureConfig(max_failures=cfg.search.max_failures)}
@@ -144,6 +148,9 @@ def run_search(cfg: ExperimentConfig, method: str, make_spec: Callable[[Experime
     except BaseException:
         recorder.end_search("FAILED")
         raise
+    finally:
+        if isinstance(stopper, BudgetStopper):
+            stopper.close()
     return outcome
 
 

@@ -1,5 +1,6 @@
 """Our own progress lines while a search runs (Tune's console output is off): trials running and done, the best
-search-val AP so far, device-hours spent against the budget, and an ETA. One line when a trial starts or ends,
+search-val AP any report has shown so far and the best of the trials' last reports (the one the search's policy
+is chosen by, which the line `search ... done` shows), device-hours spent against the budget, and an ETA. One line when a trial starts or ends,
 and at most one every `every_s` seconds in between; lines go to stderr, so `--json` keeps stdout to one object.
 """
 
@@ -38,7 +39,8 @@ class SearchProgress(tune.Callback):
         self.done: set[str] = set()
         self.failed: set[str] = set()
         self.spent: dict[str, float] = {}  # trial id -> device-seconds reported so far
-        self.best: float | None = None
+        self.best: float | None = None  # the best search-val AP of any report so far
+        self.last_ap: dict[str, float] = {}  # trial id -> the search-val AP of its last report
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         self.running.add(trial.trial_id)
@@ -47,8 +49,10 @@ class SearchProgress(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         self.spent[trial.trial_id] = float(result.get("device_seconds", 0.0) or 0.0)
         ap = result.get("val_ap")
-        if isinstance(ap, (int, float)) and (self.best is None or ap > self.best):
-            self.best = float(ap)
+        if isinstance(ap, (int, float)):
+            self.last_ap[trial.trial_id] = float(ap)
+            if self.best is None or ap > self.best:
+                self.best = float(ap)
         self.line()
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
@@ -68,7 +72,11 @@ class SearchProgress(tune.Callback):
         parts = [f"{self.method}: {len(self.running)} running, {len(self.done)}{of} done"]
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
-        parts.append("best search-val AP " + ("-" if self.best is None else f"{self.best:.4f}"))
+        if self.best is None:
+            parts.append("best search-val AP so far -")
+        else:
+            parts.append(f"best search-val AP so far {self.best:.4f} (best last report "
+                         f"{max(self.last_ap.values()):.4f})")
         spent = sum(self.spent.values())
         budget = f" of {self.budget / 3600:.4f}" if self.budget else ""
         parts.append(f"{spent / 3600:.4f}{budget} device-h")

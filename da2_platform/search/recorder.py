@@ -26,7 +26,10 @@ from da2_platform.search.spec import SearchOutcome, SearchSpec
 from da2_platform.tracking import MLFLOW_LOCK, mlflow_client, point_mlflow_at
 from search_spaces.policy import Policy
 
-LIVE_METRICS = ("step", "val_ap", "train_loss", "device_seconds", "wall_seconds", "resumed_from_step")
+# a trial's report key -> its MLflow metric: a search trial's `val_ap` is its AP on search-val
+LIVE_METRICS = {"step": "step", "val_ap": "search_val_ap", "train_loss": "train_loss",
+                "device_seconds": "device_seconds", "wall_seconds": "wall_seconds",
+                "resumed_from_step": "resumed_from_step"}
 
 
 def start_search_run(uri: str, experiment_id: str, cfg: ExperimentConfig, method: str, spec: SearchSpec) -> str:
@@ -102,7 +105,7 @@ class SearchRecorder(tune.Callback):
 
         step = int(result.get("step", result.get("training_iteration", 0)) or 0)
         stamp = int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), stamp, step) for k in LIVE_METRICS
+        metrics = [Metric(name, float(result[k]), stamp, step) for k, name in LIVE_METRICS.items()
                    if isinstance(result.get(k), (int, float)) and math.isfinite(float(result[k]))]
         if metrics:
             with BestEffort("log a report to MLflow"), MLFLOW_LOCK:
@@ -168,7 +171,7 @@ class SearchRecorder(tune.Callback):
                 # different, so a curve does not end with the same point twice
                 self.client.log_batch(run_id, metrics=[
                     Metric(k, float(v), stamp, row.steps) for k, v in
-                    (("val_ap", row.val_ap), ("device_seconds", row.device_seconds),
+                    (("search_val_ap", row.search_val_ap), ("device_seconds", row.device_seconds),
                      ("wall_seconds", row.wall_seconds))
                     if math.isfinite(float(v)) and run.data.metrics.get(k) != float(v)])
                 self.client.set_tag(run_id, "da2.status", row.status)
@@ -228,7 +231,7 @@ def record_search(cfg: ExperimentConfig, method: str, results: list[dict], spec:
     if not done:
         errors = "; ".join(r["error"] or "no result" for r in results)[:2000]
         raise Da2Error(f"{method} search {cfg.name!r}: no trial completed ({errors})")
-    best_row, best = max(done, key=lambda pair: pair[0].val_ap)
+    best_row, best = max(done, key=lambda pair: pair[0].search_val_ap)
     policy = Policy.from_json(best["metrics"]["policy_json"], source=f"{method} trial {best_row.trial_id}")
     total_dev = sum(r.device_seconds for r in rows)
     client, run_id = recorder.client, recorder.run_id
@@ -237,7 +240,7 @@ def record_search(cfg: ExperimentConfig, method: str, results: list[dict], spec:
     with MLFLOW_LOCK:
         stamp = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in {
-            "best_val_ap": best_row.val_ap, "device_seconds": total_dev, "device_hours": total_dev / 3600,
+            "best_search_val_ap": best_row.search_val_ap, "device_seconds": total_dev, "device_hours": total_dev / 3600,
             "wall_seconds": wall, "trials": len(rows), "failed_trials": len(failed)}.items()])
         client.set_tag(run_id, "da2.best_trial", best_row.trial_id)
         if failed:
@@ -252,15 +255,16 @@ def record_search(cfg: ExperimentConfig, method: str, results: list[dict], spec:
         version = None
         if register:
             point_mlflow_at(recorder.uri)
-            version = register_policy(cfg, policy, method=method, run_id=run_id, val_ap=best_row.val_ap,
+            version = register_policy(cfg, policy, method=method, run_id=run_id,
+                                      search_val_ap=best_row.search_val_ap,
                                       device_hours=total_dev / 3600)
         one_pass_ap = best["metrics"].get("one_pass_val_ap")
         model_version = None
         if spec.model_file is not None and version is not None:
             model_version = register_search_model(cfg, recorder.uri, best, spec.model_file, version, one_pass_ap,
-                                                  best_row.val_ap)
+                                                  best_row.search_val_ap)
         client.set_terminated(run_id, "FINISHED")
-    return SearchOutcome(method, cfg.name, run_id, policy, best_row.val_ap, total_dev, wall, rows, version, failed,
+    return SearchOutcome(method, cfg.name, run_id, policy, best_row.search_val_ap, total_dev, wall, rows, version, failed,
                          retried, None if one_pass_ap is None else float(one_pass_ap), model_version)
 
 

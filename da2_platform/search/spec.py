@@ -40,7 +40,7 @@ class SearchOutcome:
     experiment: str
     run_id: str
     best_policy: Policy
-    best_val_ap: float
+    best_search_val_ap: float  # the best trial's search-val AP (its last report)
     device_seconds: float  # all trials of the search together
     wall_seconds: float
     trials: list[LedgerRow] = field(default_factory=list)
@@ -56,14 +56,15 @@ class SearchOutcome:
 
     @classmethod
     def from_record(cls, record: dict) -> SearchOutcome:
+        best = record["best_search_val_ap"] if "best_search_val_ap" in record else record["best_val_ap"]  # older
         return cls(record["method"], record["experiment"], record["mlflow_run_id"],
-                   Policy.from_json(record["policy_json"]), record["best_val_ap"], record["device_seconds"],
+                   Policy.from_json(record["policy_json"]), best, record["device_seconds"],
                    record["wall_seconds"], [], record["registered_version"], list(record.get("failed_trials", [])),
                    dict(record.get("retried_trials", {})), record.get("one_pass_val_ap"), record.get("model_version"))
 
     def summary(self) -> dict:
         return {"method": self.method, "experiment": self.experiment, "mlflow_run_id": self.run_id,
-                "best_val_ap": self.best_val_ap, "device_seconds": self.device_seconds,
+                "best_search_val_ap": self.best_search_val_ap, "device_seconds": self.device_seconds,
                 "device_hours": self.device_seconds / 3600, "wall_seconds": self.wall_seconds,
                 "trials": len(self.trials), "registered_version": self.registered_version,
                 "failed_trials": self.failed_trials, "retried_trials": self.retried_trials,

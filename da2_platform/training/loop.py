@@ -55,11 +55,13 @@ def build_model(cfg: ExperimentConfig, num_joints: int = 17) -> P2Net:
 
 def load_init_weights(model: P2Net, path: str | Path) -> None:
     """Start from a trained P2Net: a da2-platform checkpoint or a bare state dict, read with weights_only=True."""
+    from da2_platform.files import file_problem
     from pose_models.weights import BackboneWeightsError, read_state_dict
 
     path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"model.init_weights: {path} not found")
+    problem = file_problem(path)
+    if problem is not None:
+        raise TrainingError(f"model.init_weights: {path} {problem}")
     try:  # the same safe reader as backbone weights: unwraps a checkpoint's "model" entry and DDP prefixes
         state = read_state_dict(path)
     except BackboneWeightsError as e:
@@ -317,13 +319,16 @@ def checkpoint_bytes(cfg: ExperimentConfig, model: torch.nn.Module, optimizer: t
 
 def load_checkpoint(path: str | Path, expect_config: dict | None = None) -> dict:
     """Load a P2Net training checkpoint safely (weights_only=True); a different architecture is a clear error."""
+    from da2_platform.files import check_input_file
+    from pose_models.weights import load_refusal
+
     path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"checkpoint not found: {path}")
+    check_input_file(path, "checkpoint", TrainingError)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- a corrupt or non-torch file, or one that needs unpickling code
-        raise TrainingError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from None
+        raise TrainingError(f"{path}: not a loadable checkpoint ({load_refusal(e)}); checkpoints load with "
+                            "weights_only=True, which runs no code from the file") from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise TrainingError(f"{path}: not a da2-platform checkpoint (missing 'kind'/'version'/'model' fields)")
     if payload.get("format") == 1 and "kind" not in payload:  # version 1 files, written before 'kind' existed

@@ -1,0 +1,97 @@
+"""The comparison's yardstick: final AP at equal budgets, and censored device-hours to a common target.
+
+Every method searches under one budget in the ledger's device-seconds. At cumulative budgets of 1x, 3x, 10x, 30x
+the cheaper DA2 method's measured search cost (or absolute device-hours), each method's anytime policy (what it
+would have returned had it been stopped then, `search.anytime`) is retrained with the final recipe and scored on
+val; those trainings cost no search. A method that finished before a budget keeps its final policy there; one that
+had returned nothing yet (a DA2 search still running) has no AP there. Per method and budget: the mean and std of
+final AP over seeds. The common target is the best DA2 method's final AP at 1x minus 0.005; each method's
+device-hours to reach it is the first budget whose mean final AP reaches it, written "> B" (censored at the
+largest budget B) when none does; never a method's distance to its own best.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from da2_platform.search.anytime import ToTarget, to_target
+
+DA2_METHODS = ("da2", "da2:score")
+TARGET_MARGIN = 0.005  # the target is DA2's final AP minus this (half an AP point)
+
+
+@dataclass(frozen=True)
+class Budget:
+    multiple: float | None  # of the cheaper DA2 method's search cost; None for an absolute budget
+    device_seconds: float
+
+    @property
+    def device_hours(self) -> float:
+        return self.device_seconds / 3600
+
+
+def budgets_from(multiples: Sequence[float] | None, da2_cost_s: float | None,
+                 device_hours: Sequence[float] | None = None) -> list[Budget]:
+    """The budgets of a comparison: multiples of DA2's measured cost, or absolute device-hours."""
+    if device_hours:
+        return [Budget(None, h * 3600) for h in sorted(device_hours)]
+    if not multiples:
+        raise ValueError("budgets: give multiples of DA2's cost or absolute device-hours")
+    if da2_cost_s is None or da2_cost_s <= 0:
+        raise ValueError("budgets: multiples of DA2's cost need a measured DA2 search (none ran)")
+    return [Budget(float(m), float(m) * da2_cost_s) for m in sorted(multiples)]
+
+
+def cheaper_da2_cost(costs: dict[str, float]) -> float | None:
+    """The unit of the multiples: the cheaper DA2 method's search device-seconds (of those that ran)."""
+    found = [costs[m] for m in DA2_METHODS if costs.get(m)]
+    return min(found) if found else None
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def yardstick_report(budgets: Sequence[Budget], final_ap: dict[str, list[list[float | None]]],
+                     seeds: Sequence[int]) -> dict:
+    """The report's `budgets` and `to_target` sections.
+
+    `final_ap[method][b]` holds the final APs over seeds at budget b (None where the method had returned nothing
+    yet at that budget on that seed)."""
+    rows = []
+    means: dict[str, list[float | None]] = {m: [] for m in final_ap}
+    for b, budget in enumerate(budgets):
+        methods = {}
+        for method, per_budget in final_ap.items():
+            values = [v for v in per_budget[b] if v is not None]
+            complete = len(values) == len(per_budget[b]) and values
+            mean, std = _mean_std(values) if complete else (None, None)
+            means[method].append(mean)
+            methods[method] = {"final_ap_mean": None if mean is None else round(mean, 4),
+                               "final_ap_std": None if std is None else round(std, 4),
+                               "per_seed": per_budget[b]}
+        rows.append({"multiple": budget.multiple, "device_hours": round(budget.device_hours, 6),
+                     "methods": methods})
+    da2_at_1 = [means[m][0] for m in DA2_METHODS if m in means and means[m] and means[m][0] is not None]
+    to = {"target_ap": None, "methods": {}, "rule": f"best DA2 method's mean final AP at the first budget minus "
+                                                  f"{TARGET_MARGIN}; censored at the largest budget"}
+    if da2_at_1:
+        target = max(da2_at_1) - TARGET_MARGIN
+        to["target_ap"] = round(target, 4)
+        reference = None
+        reached: dict[str, ToTarget] = {}
+        for method in final_ap:
+            reached[method] = to_target([(b.device_hours, means[method][i]) for i, b in enumerate(budgets)], target)
+        da2_hours = [reached[m].device_hours for m in DA2_METHODS if m in reached and not reached[m].censored]
+        reference = min(da2_hours) if da2_hours else None
+        for method, hit in reached.items():
+            hours = hit.device_hours if not hit.censored else hit.largest_budget_hours
+            ratio = None if reference is None or reference <= 0 else hours / reference
+            to["methods"][method] = {"device_hours": None if hit.censored else round(hit.device_hours, 6),
+                                     "ratio_to_da2": None if ratio is None else round(ratio, 2),
+                                     "censored": hit.censored, "text": hit.text()}
+    return {"seeds": list(seeds), "budgets": rows, "to_target": to}

@@ -1,0 +1,37 @@
+"""The yardstick: budgets as multiples of DA2's cost, final AP per budget over seeds, censored time-to-target."""
+
+from __future__ import annotations
+
+import pytest
+
+from da2_platform.yardstick import budgets_from, cheaper_da2_cost, yardstick_report
+
+
+def test_budgets_are_multiples_of_the_cheaper_da2_methods_cost():
+    unit = cheaper_da2_cost({"da2": 300.0, "da2:score": 200.0, "rl": 5.0})
+    assert unit == 200.0
+    budgets = budgets_from([3, 1, 10], unit)
+    assert [b.multiple for b in budgets] == [1, 3, 10] and budgets[2].device_seconds == 2000.0
+    assert budgets_from(None, None, device_hours=[0.5])[0].device_seconds == 1800.0
+    with pytest.raises(ValueError, match="DA2"):
+        budgets_from([1], None)
+
+
+def test_the_report_holds_means_per_budget_and_a_censored_ratio():
+    budgets = budgets_from([1, 3, 10], 360.0)  # 0.1, 0.3, 1.0 device-hours
+    final_ap = {"da2": [[0.20, 0.22], [0.20, 0.22], [0.20, 0.22]],
+                "rl": [[None, None], [0.15, 0.17], [0.21, 0.21]],
+                "optuna": [[0.05, 0.07], [0.08, 0.10], [0.12, 0.14]]}
+    report = yardstick_report(budgets, final_ap, [0, 1])
+    first = report["budgets"][0]
+    assert first["multiple"] == 1 and first["device_hours"] == pytest.approx(0.1)
+    assert first["methods"]["da2"]["final_ap_mean"] == pytest.approx(0.21)
+    assert first["methods"]["rl"]["final_ap_mean"] is None  # RL had returned nothing within 1x
+    to = report["to_target"]
+    assert to["target_ap"] == pytest.approx(0.205)
+    assert to["methods"]["da2"] == {"device_hours": pytest.approx(0.1), "ratio_to_da2": 1.0, "censored": False,
+                                    "text": "0.1"}
+    assert to["methods"]["rl"]["device_hours"] == pytest.approx(1.0) and to["methods"]["rl"]["ratio_to_da2"] == 10
+    optuna = to["methods"]["optuna"]
+    assert optuna["censored"] and optuna["device_hours"] is None and optuna["text"] == "> 1"
+    assert optuna["ratio_to_da2"] == 10  # the largest budget's multiple: "more than 10x"
