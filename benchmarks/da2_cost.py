@@ -166,8 +166,36 @@ def main() -> None:
                 pieces[key] = whole_search_seconds(da2_method_config(base, method), data)
                 print(json.dumps({key: round(pieces[key]["seconds"], 1)}), flush=True)
                 save()
+        for method in DA2_METHODS:  # (c) what each search found: its policy's final AP on val (one seed)
+            key = f"final:{method}"
+            if key not in pieces and f"search:{method}" in pieces:
+                from da2_platform.search.children import final_training
+                from search_spaces.policy import Policy
+
+                policy = Policy.from_dict(pieces[f"search:{method}"]["policy"])
+                curve, seconds = final_training(base, data, policy)
+                pieces[key] = {"val_ap": curve[-1]["val_ap"], "seconds": round(seconds, 1),
+                               **policy_shape(policy)}
+                print(json.dumps({key: pieces[key]["val_ap"]}), flush=True)
+                save()
     result = save()
     print(json.dumps(result["estimators"], indent=2))
+
+
+def policy_shape(policy) -> dict:
+    """How concentrated a learned policy is: pi's effective number of sub-policies (exp of its entropy) and the
+    ops most applied per image (sum over sub-policies of pi x p)."""
+    import math
+
+    weights = [s.weight for s in policy.sub_policies]
+    entropy = -sum(w * math.log(w) for w in weights if w > 0)
+    per_op: dict[str, float] = {}
+    for sub in policy.sub_policies:
+        for op in sub.ops:
+            per_op[op.name] = per_op.get(op.name, 0.0) + sub.weight * op.p
+    top = sorted(per_op.items(), key=lambda kv: -kv[1])[:5]
+    return {"effective_sub_policies": round(math.exp(entropy), 1), "sub_policies": len(weights),
+            "applications_per_image": {k: round(v, 3) for k, v in top}}
 
 
 def rl_child(cfg: ExperimentConfig, data) -> dict:
@@ -207,7 +235,10 @@ def summary(cfg: ExperimentConfig, pieces: dict) -> dict:
                        "step_ratio": ratio(sc.hypergradient),
                        "step_ratio_central": ratio("central"), "step_ratio_forward": ratio("forward"),
                        "search_over_child": round(search["seconds"] / child["seconds"], 3)
-                       if search and child else None}
+                       if search and child else None,
+                       "final_ap": pieces.get(f"final:{method}", {}).get("val_ap"),
+                       "policy_shape": {k: v for k, v in pieces.get(f"final:{method}", {}).items()
+                                        if k not in ("val_ap", "seconds")} or None}
     return out
 
 

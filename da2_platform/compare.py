@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from da2_platform.config import ExperimentConfig
+from da2_platform.files import read_json, write_json_atomic
 from da2_platform.ledger import CostLedger, LedgerRow, utc_now
 from da2_platform.search.driver import run_search
 from da2_platform.search.methods import spec_builder
@@ -47,6 +48,7 @@ class CompareResult:
     report_json: Path
     report_png: Path
     mlflow_run_id: str
+    yardstick: dict | None = None  # `--budgets`: final AP at equal budgets, censored device-hours to target
 
 
 def expand_methods(methods: list[str], cfg: ExperimentConfig) -> list[str]:
@@ -75,9 +77,19 @@ def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: 
     own driver thread; their trials share the cluster's CPUs/GPUs as Ray schedules them), then the final
     trainings.
 
-    `budget_device_hours` caps each black-box search: it stops once its trials have used that many
-    device-hours (the ledger's unit, GPU-hours or CPU-hours), whatever else runs beside it.
+    `budget_device_hours` caps every search (DA2 and the fixed policies too): it stops within one step of that
+    many device-hours (the ledger's unit, GPU-hours or CPU-hours), whatever else runs beside it.
     """
+    say = progress or (lambda msg: None)
+    budget_s = None if budget_device_hours is None else budget_device_hours * 3600
+    outcomes = run_searches(cfg, expand_methods(methods, cfg), budget_s, tracking_uri, say, fresh, resume)
+    say(f"final trainings: a fresh P2Net with each best policy, {cfg.train.epochs} epochs, val AP")
+    return outcomes, run_final_trainings(cfg, outcomes)
+
+
+def run_searches(cfg: ExperimentConfig, chosen: list[str], budget_s: float | None, tracking_uri: str | None,
+                 say: Callable[[str], None], fresh: bool = False, resume: bool = False) -> list[SearchOutcome]:
+    """The searches of `chosen` at once, each under `budget_s` device-seconds (None: no budget)."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from da2_platform.data.splits import prepare_data
@@ -85,18 +97,14 @@ def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: 
     from da2_platform.search.control import SearchControl
     from da2_platform.tracking import setup_tracking
 
-    say = progress or (lambda msg: None)
-    chosen = expand_methods(methods, cfg)
     builders = {m: spec_builder(m) for m in chosen}  # an unknown method fails before anything starts
     setup_tracking(cfg, tracking_uri)  # once, before the threads: creating the experiment is not race-free
     prepare_data(cfg)
     ensure_ray()
-    budget_s = None if budget_device_hours is None else budget_device_hours * 3600
     control = SearchControl()
     done: dict[str, SearchOutcome] = {}
     say(f"searches: {', '.join(chosen)} side by side"
-        + (f", each under a budget of {budget_device_hours:g} device-hours (DA2 and fixed policies too)"
-           if budget_s else ""))
+        + (f", each under a budget of {budget_s / 3600:.4g} device-hours" if budget_s else ""))
     try:
         with ThreadPoolExecutor(max_workers=len(chosen), thread_name_prefix="search") as pool:
             futures = {pool.submit(run_search, cfg, m, builders[m], tracking_uri=tracking_uri, resume=resume,
@@ -106,16 +114,60 @@ def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: 
                 for future in as_completed(futures):
                     outcome = future.result()
                     done[outcome.method] = outcome
-                    say(f"search {outcome.method} done: {len(outcome.trials)} trial(s), best trial's last search-val AP "
-                        f"{outcome.best_search_val_ap:.4f}, {outcome.device_seconds / 3600:.4f} device-hours")
+                    say(f"search {outcome.method} done: {len(outcome.trials)} trial(s), best trial's last "
+                        f"search-val AP {outcome.best_search_val_ap:.4f}, "
+                        f"{outcome.device_seconds / 3600:.4f} device-hours")
             except BaseException:  # Ctrl+C or a failed search: stop the others, keep what already finished
                 control.stop.set()
                 raise
     finally:
         control.close()
-    outcomes = [done[m] for m in chosen]
-    say(f"final trainings: a fresh P2Net with each best policy, {cfg.train.epochs} epochs, val AP")
-    return outcomes, run_final_trainings(cfg, outcomes)
+    return [done[m] for m in chosen]
+
+
+@dataclass
+class BudgetRun:
+    """One seed of `da2 compare --budgets`: the searches, the budgets and each method's final AP at each."""
+
+    outcomes: list[SearchOutcome]
+    budgets: list  # yardstick.Budget
+    final_ap: dict[str, list[float | None]]  # method -> final AP at each budget (None: nothing returned yet)
+    unit_s: float
+
+
+def run_budgets(cfg: ExperimentConfig, methods: list[str], multiples: list[float], tracking_uri: str | None,
+                say: Callable[[str], None], fresh: bool = False, resume: bool = False) -> BudgetRun:
+    """The yardstick for one seed: the DA2 methods first (the cheaper one's cost is the unit), then every other
+    method under the largest budget; at each budget each method's anytime policy is trained with the final
+    recipe and scored on val (the same policy is trained once)."""
+    from da2_platform.errors import ConfigError
+    from da2_platform.search.anytime import anytime_policy
+    from da2_platform.yardstick import DA2_METHODS, budgets_from, cheaper_da2_cost
+
+    chosen = expand_methods(methods, cfg)
+    da2s = [m for m in chosen if m in DA2_METHODS]
+    if not da2s:
+        raise ConfigError("--budgets: the budgets are multiples of DA2's search cost; --methods needs da2 or "
+                          "da2:score (or give --budget-device-hours)")
+    first = run_searches(cfg, da2s, None, tracking_uri, say, fresh, resume)
+    unit = cheaper_da2_cost({o.method: o.device_seconds for o in first})
+    budgets = budgets_from(multiples, unit)
+    say(f"budgets: {', '.join(f'{b.multiple:g}x' for b in budgets)} of DA2's {unit / 3600:.4f} device-hours")
+    rest = [m for m in chosen if m not in da2s]
+    outcomes = first + (run_searches(cfg, rest, budgets[-1].device_seconds, tracking_uri, say, fresh, resume)
+                        if rest else [])
+    labels: dict[str, str | None] = {}  # method@budget -> the policy JSON it trains (None: nothing yet)
+    for o in outcomes:
+        for b in budgets:
+            policy, _ = anytime_policy(o.method, o.trials, b.device_seconds, cfg.search.rl.top_children)
+            labels[f"{o.method}@{b.multiple:g}x"] = None if policy is None else policy.to_json()
+    unique = sorted({p for p in labels.values() if p is not None})
+    say(f"final trainings: {len(unique)} distinct anytime policies, {cfg.train.epochs} epochs each, val AP")
+    rows = train_finals(cfg, [(f"policy{i}", p) for i, p in enumerate(unique)])
+    ap_of = {p: rows[f"policy{i}"].val_ap for i, p in enumerate(unique)}
+    final_ap = {o.method: [None if labels[f"{o.method}@{b.multiple:g}x"] is None
+                           else ap_of[labels[f"{o.method}@{b.multiple:g}x"]] for b in budgets] for o in outcomes}
+    return BudgetRun(outcomes, budgets, final_ap, unit)
 
 
 def own_rows(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) -> list[LedgerRow]:
@@ -128,10 +180,14 @@ def own_rows(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) -> list[Ledge
 def run_compare_seeds(cfg: ExperimentConfig, methods: list[str], seeds: list[int] | None = None,
                       budget_device_hours: float | None = None, tracking_uri: str | None = None,
                       progress: Callable[[str], None] | None = None, fresh: bool = False,
-                      resume: bool = False, planned: dict[str, float] | None = None) -> CompareResult:
+                      resume: bool = False, budgets: list[float] | None = None,
+                      planned: dict[str, float] | None = None) -> CompareResult:
     """`run_compare` for each seed in turn on the same Ray session, under one MLflow parent run; then the
     report (per method mean and spread across seeds, beside `planned` search device-hours per seed when given)
-    and its plot, written and attached to that run."""
+    and its plot, written and attached to that run.
+
+    `budgets` (multiples of the cheaper DA2 method's search cost): the yardstick instead (`run_budgets` per
+    seed): final AP at each budget and the censored device-hours to DA2's AP, in the report's `yardstick`."""
     from da2_platform.report import build_seeds_report, write_seeds_report
     from da2_platform.tracking import mlflow_client, resolve_tracking_uri, setup_tracking
 
@@ -148,19 +204,29 @@ def run_compare_seeds(cfg: ExperimentConfig, methods: list[str], seeds: list[int
     parent_id = parent.info.run_id
     client.log_param(parent_id, "budget_device_hours", str(budget_device_hours))
     runs: list[SeedRun] = []
+    budget_runs: list[BudgetRun] = []
+    yardstick = None
     try:
         for seed in seeds:
             seed_cfg = seed_config(cfg, seed, several)
             if several:
                 say(f"seed {seed} ({len(runs) + 1} of {len(seeds)}): experiment {seed_cfg.name}")
-            outcomes, finals = run_compare(seed_cfg, methods, budget_device_hours, tracking_uri, progress,
-                                           fresh=fresh, resume=resume)
+            if budgets:
+                run = run_budgets(seed_cfg, methods, budgets, tracking_uri, say, fresh=fresh, resume=resume)
+                budget_runs.append(run)
+                outcomes, finals = run.outcomes, []
+            else:
+                outcomes, finals = run_compare(seed_cfg, methods, budget_device_hours, tracking_uri, progress,
+                                               fresh=fresh, resume=resume)
             for o in outcomes:  # the searches' runs nest under the comparison's run
                 client.set_tag(o.run_id, "mlflow.parentRunId", parent_id)
                 client.set_tag(o.run_id, "da2.seed", str(seed))
             runs.append(SeedRun(seed, seed_cfg.name, outcomes, finals, own_rows(seed_cfg, outcomes)))
         report = build_seeds_report({r.seed: r.rows for r in runs}, cfg.name, planned)
         json_path, png_path = write_seeds_report(cfg.workdir, cfg.name, report)
+        if budget_runs:
+            yardstick = seeds_yardstick(budget_runs, seeds)
+            write_json_atomic(json_path, {**read_json(json_path, "report"), "yardstick": yardstick})
         client.log_artifact(parent_id, str(json_path), "report")
         client.log_artifact(parent_id, str(png_path), "report")
         _log_spreads(client, parent_id, report)
@@ -168,7 +234,21 @@ def run_compare_seeds(cfg: ExperimentConfig, methods: list[str], seeds: list[int
         client.set_terminated(parent_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     client.set_terminated(parent_id, "FINISHED")
-    return CompareResult(cfg.name, runs, report, json_path, png_path, parent_id)
+    return CompareResult(cfg.name, runs, report, json_path, png_path, parent_id, yardstick)
+
+
+def seeds_yardstick(runs: list[BudgetRun], seeds: list[int]) -> dict:
+    """The yardstick over seeds: budgets at the seeds' mean unit, each seed's final AP at its own multiples."""
+    from da2_platform.yardstick import budgets_from, yardstick_report
+
+    unit = sum(r.unit_s for r in runs) / len(runs)
+    multiples = [b.multiple for b in runs[0].budgets]
+    methods = list(runs[0].final_ap)
+    final_ap = {m: [[r.final_ap.get(m, [None] * len(multiples))[i] for r in runs] for i in range(len(multiples))]
+                for m in methods}
+    out = yardstick_report(budgets_from(multiples, unit), final_ap, seeds)
+    out["units_device_seconds"] = [round(r.unit_s, 1) for r in runs]
+    return out
 
 
 def _log_spreads(client, run_id: str, report) -> None:
@@ -196,36 +276,11 @@ def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) ->
     """One Tune trial per method: the one training loop (`Fit`, as `da2 train` runs it: cfg.train.epochs epochs)
     on the full train split, scored on val. A one-pass DA2 search trained its network already: its val AP is
     the final one, and its final row costs no device time (the search's own rows hold it)."""
-    from ray import tune
-
-    from da2_platform.data.splits import prepare_data
-    from da2_platform.ledger import ledger_row
     from da2_platform.registry import tag_final_ap
-    from da2_platform.search.checkpoints import delete_experiment_checkpoints
-    from da2_platform.search.children import child_trainable
-    from da2_platform.search.trial import trial_resources
 
-    data = prepare_data(cfg)
-    settings = {"cfg": cfg.model_dump(mode="json"), "space": None, "child_steps": None, "evals": 1,
-                "train_annotations": str(data.full_train_annotations), "train_images": str(data.train_images),
-                "eval_annotations": str(data.val_annotations), "eval_images": str(data.val_images)}
-    finals = [{"method": o.method, "policy_json": o.best_policy.to_json()} for o in outcomes
-              if o.one_pass_val_ap is None]
     by_method = {o.method: one_pass_row(cfg, o) for o in outcomes if o.one_pass_val_ap is not None}
-    storage = (cfg.workdir / "ray_results").resolve()
-    tuner = None if not finals else tune.Tuner(
-        tune.with_resources(tune.with_parameters(child_trainable, settings=settings), trial_resources(cfg)),
-        param_space={"final": tune.grid_search(finals)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max(1, cfg.search.rl.concurrent)),
-        run_config=tune.RunConfig(name=f"{cfg.name}-final", storage_path=str(storage), verbose=0,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-    )
-    for result in tuner.fit() if tuner is not None else []:
-        method = result.config["final"]["method"]
-        record = {"trial_id": Path(str(result.path)).name, "metrics": dict(result.metrics or {}),
-                  "config": {"method": method}, "error": None if result.error is None else str(result.error)}
-        by_method[method] = ledger_row(cfg.name, f"final:{method}", record)
-    delete_experiment_checkpoints(storage / f"{cfg.name}-final")  # scored and recorded: the weights are not kept
+    by_method.update(train_finals(cfg, [(o.method, o.best_policy.to_json()) for o in outcomes
+                                        if o.one_pass_val_ap is None]))
     out = []
     for o in outcomes:
         row = by_method[o.method]
@@ -236,6 +291,42 @@ def run_final_trainings(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) ->
         out.append(FinalTraining(o.method, row.val_ap, row.device_seconds, o.registered_version))
     CostLedger.for_experiment(cfg.workdir, cfg.name).append([by_method[o.method] for o in outcomes])
     return out
+
+
+def train_finals(cfg: ExperimentConfig, finals: list[tuple[str, str]]) -> dict[str, LedgerRow]:
+    """One Tune trial per (label, policy JSON): the final recipe on the full train split, scored on val; the
+    rows are `final:<label>`."""
+    from ray import tune
+
+    from da2_platform.data.splits import prepare_data
+    from da2_platform.ledger import ledger_row
+    from da2_platform.search.checkpoints import delete_experiment_checkpoints
+    from da2_platform.search.children import child_trainable
+    from da2_platform.search.trial import trial_resources
+
+    if not finals:
+        return {}
+    data = prepare_data(cfg)
+    settings = {"cfg": cfg.model_dump(mode="json"), "space": None, "child_steps": None, "evals": 1,
+                "train_annotations": str(data.full_train_annotations), "train_images": str(data.train_images),
+                "eval_annotations": str(data.val_annotations), "eval_images": str(data.val_images)}
+    storage = (cfg.workdir / "ray_results").resolve()
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(child_trainable, settings=settings), trial_resources(cfg)),
+        param_space={"final": tune.grid_search([{"method": label, "policy_json": p} for label, p in finals])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max(1, cfg.search.rl.concurrent)),
+        run_config=tune.RunConfig(name=f"{cfg.name}-final", storage_path=str(storage), verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    rows = {}
+    base = cfg.model_dump(mode="json")["train"]["base_augment"]
+    for result in tuner.fit():
+        label = result.config["final"]["method"]
+        record = {"trial_id": Path(str(result.path)).name, "metrics": dict(result.metrics or {}),
+                  "config": {"method": label}, "error": None if result.error is None else str(result.error)}
+        rows[label] = ledger_row(cfg.name, f"final:{label}", record, base)
+    delete_experiment_checkpoints(storage / f"{cfg.name}-final")  # scored and recorded: the weights are not kept
+    return rows
 
 
 def one_pass_row(cfg: ExperimentConfig, outcome: SearchOutcome) -> LedgerRow:

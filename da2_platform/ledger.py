@@ -82,9 +82,11 @@ def device_seconds(wall_seconds: float, gpus: float, cpus: float) -> tuple[str, 
     return "cpu", float(cpus), wall_seconds * cpus
 
 
-def ledger_row(experiment: str, method: str, r: dict) -> LedgerRow:
+def ledger_row(experiment: str, method: str, r: dict, base_augment: list[dict] | None = None) -> LedgerRow:
     """The row of a trial record {"trial_id", "metrics" (its last report), "config", "error"}. The trial reports
-    its AP on its eval split as `val_ap`: search-val for a search's trials, val for `final:<method>` trainings."""
+    its AP on its eval split as `val_ap`: search-val for a search's trials, val for `final:<method>` trainings.
+    `base_augment` (the experiment's `train.base_augment`, applied before the trial's policy) goes into the row's
+    `config_json`, so the row says what the batches saw."""
     m = r["metrics"]
     ap = float(m.get("val_ap", 0.0))
     aps = {"val_ap": ap} if method.startswith("final:") else {"search_val_ap": ap}
@@ -94,6 +96,8 @@ def ledger_row(experiment: str, method: str, r: dict) -> LedgerRow:
     end = m.get("trial_end") or (start + float(m.get("wall_seconds", 0.0)) if start else None)  # last report
     end_iso = datetime.fromtimestamp(end, UTC).isoformat(timespec="milliseconds") if end else utc_now()
     config = {k: v for k, v in r["config"].items() if k != "policy_json"}
+    if base_augment is not None:
+        config["base_augment"] = base_augment
     return LedgerRow(
         experiment=experiment, method=method, trial_id=str(r["trial_id"]), policy_json=m.get("policy_json", ""),
         device_kind=m.get("device_kind", "cpu"), devices_held=float(m.get("devices_held", 0.0)),

@@ -82,6 +82,8 @@ def register_policy(cfg: ExperimentConfig, policy: Policy, method: str, run_id: 
             "da2.dataset": data_desc,
             "da2.search_space": policy.search_space, "da2.schema_version": str(policy.schema_version),
             "da2.code_version": code_version(), "da2.search_key": key,
+            # applied before the policy in every training that uses it (train.base_augment)
+            "da2.base_augment": json.dumps(cfg.model_dump(mode="json")["train"]["base_augment"]),
         }
         mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags,
                                          description=f"{method} policy of experiment {cfg.name}")

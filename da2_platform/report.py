@@ -7,6 +7,7 @@ Rows whose method is `final:<m>` are the fresh full trainings with method m's be
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -151,6 +152,7 @@ class SeedsReport:
     seeds: list[int]
     methods: list[MethodSpread]
     per_seed: dict[int, Report]
+    base_augment: list[dict] | None = None  # applied before every policy (train.base_augment), from the rows
 
     TABLE_COLUMNS: ClassVar[list[str]] = ["method", "seeds", "trials", "final AP", "final AP std", "best search-val AP",
                      "planned device-h", "search device-h", "search device-h std", "device-h to near-best",
@@ -158,14 +160,14 @@ class SeedsReport:
 
     def to_dict(self) -> dict:
         return {"experiment": self.experiment, "seeds": self.seeds, "near_best": NEAR_BEST,
-                "methods": [asdict(m) for m in self.methods],
+                "base_augment": self.base_augment, "methods": [asdict(m) for m in self.methods],
                 "per_seed": {str(seed): r.to_dict() for seed, r in self.per_seed.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> SeedsReport:
         """Back from `to_dict` (a saved report, e.g. to draw its plot again)."""
         return cls(d["experiment"], [int(s) for s in d["seeds"]], [MethodSpread(**_renamed(m)) for m in d["methods"]],
-                   {int(seed): Report.from_dict(r) for seed, r in d["per_seed"].items()})
+                   {int(seed): Report.from_dict(r) for seed, r in d["per_seed"].items()}, d.get("base_augment"))
 
     def table_rows(self) -> list[list]:
         return [[m.method, m.seeds, m.trials, m.final_ap, m.final_ap_std, m.best_search_val_ap,
@@ -203,7 +205,9 @@ def build_seeds_report(rows_by_seed: dict[int, list[LedgerRow]], experiment: str
             s.ratio_to_da2 = s.search_device_hours / da2.search_device_hours
         if da2 is not None and da2.device_hours_to_near_best > 0:
             s.near_best_ratio_to_da2 = s.device_hours_to_near_best / da2.device_hours_to_near_best
-    return SeedsReport(experiment, sorted(rows_by_seed), spreads, per_seed)
+    bases = [json.loads(r.config_json).get("base_augment") for rows in rows_by_seed.values() for r in rows]
+    return SeedsReport(experiment, sorted(rows_by_seed), spreads, per_seed,
+                       next((b for b in bases if b is not None), None))
 
 
 def band_across_seeds(curves: list[list[tuple[float, float]]], points: int = 200):

@@ -190,12 +190,12 @@ def test_a_plan_from_the_ledger_measures_nothing(tmp_path, capsys, no_measuremen
     (["--methods", ","], "da2 plan: --methods: no method"),
     (["--budget-device-hours", "nan"], "da2 plan: --budget-device-hours:"),
     (["--budgets", "1,x"], "da2 plan: --budgets:"),
-    (["--budgets", "1", "--budget-device-hours", "1"], "da2 plan: --budgets: give --budget-device-hours or"),
+    (["--budgets", "1", "--budget-device-hours", "1"], "da2 plan: --budgets and --budget-device-hours: give one"),
     (["--budgets", "1", "--methods", "rl"], "da2 plan: --budgets: budgets are multiples of DA2's cost"),
     (["--tflops", "100"], "da2 plan: --tflops:"),
     (["--scale", "coco-r9-1x1"], "da2 plan: --scale: unknown scale 'coco-r9-1x1'"),
     (["--source", "guess"], "da2 plan: --source:"),
-    (["--seeds", "a"], "--seeds:"),
+    (["--seeds", "a"], "da2 plan: --seeds:"),
 ])
 def test_bad_flags_are_named_errors(tmp_path, capsys, no_measurement, flags, named):
     rc = main(["plan", "--config", str(tiny_config(tmp_path)), *flags])

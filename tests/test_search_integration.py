@@ -74,6 +74,8 @@ def test_da2_search_logs_mlflow_ledger_and_registers_a_candidate(synthpose_small
     assert row["device_kind"] == "cpu" and row["devices_held"] == 1.0
     assert row["device_seconds"] == pytest.approx(row["wall_seconds"] * row["devices_held"])
     assert row["search_run_id"] == run.info.run_id and json.loads(row["policy_json"])["sub_policies"]
+    flip = [{"name": "HorizontalFlip", "p": 0.5, "m": 0.0}]
+    assert json.loads(row["config_json"])["base_augment"] == flip  # what the batches saw before the policy
     assert row["search_val_ap"] == pytest.approx(out["best_search_val_ap"]) and row["val_ap"] is None
 
     version = client.get_model_version_by_alias("pose-aug-policy", "candidate")
@@ -81,6 +83,7 @@ def test_da2_search_logs_mlflow_ledger_and_registers_a_candidate(synthpose_small
     tags = version.tags
     assert tags["da2.method"] == method and tags["da2.experiment"] == "itest"
     assert tags["da2.search_run_id"] == run.info.run_id and tags["da2.search_space"] == "pose-v1"
+    assert json.loads(tags["da2.base_augment"]) == flip
     assert float(tags["da2.device_hours"]) == pytest.approx(out["device_seconds"] / 3600, rel=1e-3)
     for key in ("da2.search_val_ap", "da2.dataset", "da2.code_version"):
         assert tags[key]
@@ -345,3 +348,28 @@ def torch_cpu():
     import torch
 
     return torch.device("cpu")
+
+
+def test_compare_budgets_reports_final_ap_at_equal_budgets(synthpose_small, tmp_path, ray_session, capsys):
+    """`compare --budgets 1,2`: DA2 runs first and sets the unit; RL runs under twice DA2's cost; each method's
+    anytime policy at each budget is trained and scored; the report holds the yardstick."""
+    workdir = tmp_path / "w"
+    cfg_path = write_config(workdir, synthpose_small, da2={"steps": 4})
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["search"]["rl"] = {"trials": 40, "child_steps": 3, "concurrent": 1, "sub_policies": 2, "ppo_batch": 2}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = run_json(["compare", "--config", str(cfg_path), "--methods", "da2,rl,fixed:none", "--budgets", "1,2",
+                    "--json"], capsys)
+    report = json.loads(Path(out["table"]).read_text())
+    ys = report["yardstick"]
+    assert [b["multiple"] for b in ys["budgets"]] == [1, 2]
+    unit = ys["units_device_seconds"][0]
+    assert ys["budgets"][1]["device_hours"] == pytest.approx(2 * unit / 3600, rel=1e-3)
+    da2 = ys["budgets"][0]["methods"]["da2"]
+    assert da2["final_ap_mean"] is not None and 0 <= da2["final_ap_mean"] <= 1
+    assert set(ys["budgets"][1]["methods"]) == {"da2", "rl", "fixed:none"}
+    assert ys["to_target"]["target_ap"] == pytest.approx(da2["final_ap_mean"] - 0.005, abs=1e-4)
+    assert ys["to_target"]["methods"]["da2"]["censored"] is False
+    rows = pq.read_table(workdir / "ledger" / "itest.parquet").to_pylist()
+    rl = [r for r in rows if r["method"] == "rl"]
+    assert 1 <= len(rl) < 40 and sum(r["device_seconds"] for r in rl) >= 2 * unit  # ended by the largest budget

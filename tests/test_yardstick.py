@@ -35,3 +35,18 @@ def test_the_report_holds_means_per_budget_and_a_censored_ratio():
     optuna = to["methods"]["optuna"]
     assert optuna["censored"] and optuna["device_hours"] is None and optuna["text"] == "> 1"
     assert optuna["ratio_to_da2"] == 10  # the largest budget's multiple: "more than 10x"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budgets", "1,x"], "--budgets: expected comma-separated positive multiples"),
+    (["--budgets", "0,3"], "--budgets: expected comma-separated positive multiples"),
+    (["--budgets", "1,3", "--budget-device-hours", "0.1"], "give one"),
+    (["--budgets", "1,3", "--methods", "rl,fixed:none"], "needs da2 or da2:score"),
+])
+def test_compare_budgets_flags_are_named_errors(tmp_path, capsys, args, message):
+    from da2_platform.cli.main import main
+
+    rc = main(["compare", "--workdir", str(tmp_path / "w"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "w" / "ray_results").exists()

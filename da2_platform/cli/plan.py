@@ -38,7 +38,7 @@ def plan(
     json_out: bool = typer.Option(False, "--json", help="Print the plan as one JSON object on stdout."),
 ) -> None:
     """Project each method's search and final-training device-hours, wall time and what a budget buys."""
-    from da2_platform.cli.compare import parse_seeds
+    from da2_platform.cli.compare import parse_budgets, parse_seeds
     from da2_platform.config import load_config
     from da2_platform.plan.planner import make_plan
 
@@ -48,8 +48,11 @@ def plan(
     rate = check_positive(tflops, "--tflops")
     if rate is not None and scale is None:
         raise ConfigError("da2 plan: --tflops: a rate is for projecting to another scale; give --scale too")
-    multiples = parse_budgets(budgets)
-    seed_list = parse_seeds(seeds)
+    try:  # the flags `da2 compare` shares, checked as it checks them
+        multiples = parse_budgets(budgets, budget)
+        seed_list = parse_seeds(seeds)
+    except ConfigError as e:
+        raise ConfigError(f"da2 plan: {e}") from None
     cfg = load_config(config, {"workdir": str(workdir)} if workdir else None)
     result = make_plan(cfg, methods, source, budget, multiples, n_workers, devices, seed_list, scale, rate,
                        str(config or "<defaults>"))
@@ -71,13 +74,3 @@ def check_positive(value: str | None, option: str, whole: bool = False) -> float
         kind = "a whole number" if whole else "a number"
         raise ConfigError(f"da2 plan: {option}: expected {kind} greater than 0; got {value!r}")
     return number
-
-
-def parse_budgets(text: str | None) -> list[float] | None:
-    """'1,3,10,30' -> multiples of DA2's cost."""
-    if text is None:
-        return None
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise ConfigError(f"da2 plan: --budgets: expected multiples of DA2's cost such as 1,3,10,30; got {text!r}")
-    return [check_positive(p, "--budgets") for p in parts]

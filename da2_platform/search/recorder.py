@@ -21,6 +21,7 @@ from da2_platform.config import ExperimentConfig
 from da2_platform.errors import Da2Error
 from da2_platform.ledger import CostLedger, LedgerRow, ledger_row
 from da2_platform.registry import register_policy, register_search_model
+from da2_platform.search.anytime import returned_policy
 from da2_platform.search.checkpoints import delete_experiment_checkpoints, delete_trial_checkpoints
 from da2_platform.search.spec import SearchOutcome, SearchSpec
 from da2_platform.tracking import MLFLOW_LOCK, mlflow_client, point_mlflow_at
@@ -141,7 +142,8 @@ class SearchRecorder(tune.Callback):
     def record_trial(self, record: dict, retries: int = 0, strict: bool = True) -> LedgerRow:
         """The trial's ledger row (once) and its nested run's final metrics and status (once). The ledger row
         must be written; an MLflow failure during the search (`strict=False`) is retried when the search ends."""
-        row = ledger_row(self.cfg.name, self.method, record)
+        base = self.cfg.model_dump(mode="json")["train"]["base_augment"]
+        row = ledger_row(self.cfg.name, self.method, record, base)
         row.search_run_id = self.run_id
         extra = json.loads(row.extra_json)
         if retries:
@@ -232,7 +234,9 @@ def record_search(cfg: ExperimentConfig, method: str, results: list[dict], spec:
         errors = "; ".join(r["error"] or "no result" for r in results)[:2000]
         raise Da2Error(f"{method} search {cfg.name!r}: no trial completed ({errors})")
     best_row, best = max(done, key=lambda pair: pair[0].search_val_ap)
-    policy = Policy.from_json(best["metrics"]["policy_json"], source=f"{method} trial {best_row.trial_id}")
+    # the method's own rule over its scored trials (RL: its top children's sub-policies, as AutoAugment's)
+    policy = returned_policy(method, [row for row, _ in done], cfg.search.rl.top_children) or Policy.from_json(
+        best["metrics"]["policy_json"], source=f"{method} trial {best_row.trial_id}")
     total_dev = sum(r.device_seconds for r in rows)
     client, run_id = recorder.client, recorder.run_id
     from mlflow.entities import Metric
