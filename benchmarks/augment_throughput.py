@@ -24,10 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from harness import write_result
 
 from da2_platform.data.synthpose import write_synthpose
 from da2_platform.data.topdown import TopDownDataset
-from da2_platform.files import write_json_atomic
 from search_spaces import (
     DiscreteSpace,
     Policy,
@@ -159,7 +159,7 @@ def main() -> None:
         "policies": results,
         "note": "albumentations figures are one process on one thread: crops/s per CPU core",
     }
-    write_json_atomic(args.out, report)
+    write_result(args.out, report)
     print(f"wrote {args.out}")
 
 

@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
+from harness import parse_set, write_result
 
 from da2_platform.config import ExperimentConfig, load_config
 from da2_platform.data.splits import prepare_data
-from da2_platform.files import write_json_atomic
 from da2_platform.inference import evaluate_model
 from da2_platform.policies import resolve_policy
 from da2_platform.search.children import child_fit, run_child
@@ -43,7 +42,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/calibrate_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = parse_set(args.set)
     cfg = load_config(args.config, overrides)
     data = prepare_data(cfg)
     size, device = cfg.data.input_size, torch.device("cpu")
@@ -74,7 +73,7 @@ def main() -> None:
         result["warm_start"] = {"steps": settings.steps, "images": settings.images, "seed": settings.seed,
                                 "lr": settings.lr, "policy": "fixed:standard-pose", "seconds": round(ws.seconds),
                                 "curve": pre_curve, "path": str(ws.path)}
-        write_json_atomic(out, result)
+        write_result(out, result, args.config, overrides)
     raw = cfg.model_dump(mode="json")
     raw["model"]["init_weights"] = str(ws.path)
     cfg = ExperimentConfig.model_validate(raw)
@@ -95,7 +94,7 @@ def main() -> None:
         run_child(fit, fs, report)
         result["finetune"].append({"policy": name, "lr": cfg.train.lr, "model": cfg.model.build_kwargs(17),
                                    "curve": curve, "seconds": round(time.perf_counter() - t0)})
-        write_json_atomic(out, result)
+        write_result(out, result, args.config, overrides)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from harness import write_result
+
 OUT = Path(__file__).parent / "results" / "checkpoint_disk.json"
 
 
@@ -78,8 +80,7 @@ def main(trials: int = 3, child_steps: int = 4) -> None:
             "workdir_bytes_left": tree_bytes(Path(tmp)),
             "threads": {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"], "torch": torch.get_num_threads()},
         }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(OUT, result)
     print(json.dumps(result, indent=2))
 
 

@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from harness import write_result
 
 from da2_platform.compare import seed_config
 from da2_platform.config import ExperimentConfig, load_config
 from da2_platform.data.splits import prepare_data
-from da2_platform.files import write_bytes_atomic, write_json_atomic
+from da2_platform.files import write_bytes_atomic
 from da2_platform.ledger import LedgerRow
 from da2_platform.search.anytime import anytime_policy
 from da2_platform.search.children import final_training
@@ -54,13 +53,6 @@ def run_one_search(cfg: ExperimentConfig, method: str, budget_s: float | None) -
     return {"rows": [asdict(r) for r in outcome.trials], "device_seconds": outcome.device_seconds,
             "wall_seconds": time.time() - start, "budget_device_seconds": budget_s,
             "trials": len(outcome.trials)}
-
-
-def provenance(config_path: str, cfg: ExperimentConfig) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout
-    return {"commit": commit.strip(), "config_path": config_path, "config": cfg.model_dump(mode="json"),
-            "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-                        "torch": torch.__version__, "device": "cpu", "threads": 1}}
 
 
 def summarise(pieces: dict, methods: list[str], seeds: list[int]) -> dict:
@@ -142,9 +134,9 @@ def main() -> None:
 
     def save() -> dict:
         seeds = sorted({int(k.split(":")[1]) for k in pieces})
-        result = {"benchmark": "compare_cpu", "provenance": provenance(args.config, base), "methods": methods,
-                  **summarise(pieces, methods, seeds), "pieces": pieces}
-        write_json_atomic(out, result)
+        result = {"benchmark": "compare_cpu", "methods": methods, **summarise(pieces, methods, seeds),
+                  "pieces": pieces}
+        write_result(out, result, args.config, resolved=base.model_dump(mode="json"))
         if result.get("budgets"):
             plot(result, out.with_suffix(".png"))
         return result

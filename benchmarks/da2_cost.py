@@ -24,18 +24,17 @@ import time
 from pathlib import Path
 
 import torch
+from harness import write_result
 
 from da2_platform.config import ExperimentConfig, load_config
 from da2_platform.data.splits import prepare_data
 from da2_platform.data.topdown import TopDownDataset
-from da2_platform.files import write_json_atomic
 from da2_platform.inference import evaluate_model
 from da2_platform.search.children import child_fit, run_child
 from da2_platform.search.da2 import DA2_METHODS, BatchStream, DA2Search, da2_method_config, with_targets
 from da2_platform.search.trial import trial_settings
 from da2_platform.training.loop import build_model, device_augment
-from da2_platform.training.step import TrainingStep, make_optimizer, seed_everything
-from pose_models.losses import P2NetLoss
+from da2_platform.training.step import TrainingStep, seed_everything
 
 CLOCK = time.process_time
 # (hypergradient, d step every n w steps, search-val batch (None: train's))
@@ -56,10 +55,8 @@ def with_da2(cfg: ExperimentConfig, **update) -> ExperimentConfig:
 def plain_seconds(cfg: ExperimentConfig, dataset, policy, batches: list, steps: int) -> float:
     seed_everything(cfg.seed)
     model = build_model(cfg, dataset.num_joints)
-    step = TrainingStep(model, P2NetLoss(ohkm_topk=cfg.model.ohkm_topk), make_optimizer(model, cfg.train), cfg.train,
-                        cfg.data.input_size, torch.device("cpu"),
-                        device_augment(cfg, policy, dataset.flip_pairs, torch.device("cpu"), cfg.seed),
-                        cfg.data.heatmap_sigma)
+    step = TrainingStep.from_config(model, cfg, torch.device("cpu"),
+                                    device_augment(cfg, policy, dataset.flip_pairs, torch.device("cpu"), cfg.seed))
     step(batches[0])  # warm-up
     start = CLOCK()
     for i in range(steps):
@@ -127,7 +124,7 @@ def main() -> None:
                   "timer": "process CPU seconds, one thread", "pieces": pieces,
                   "estimators": summary(base, pieces)}
         result.update(provenance())
-        write_json_atomic(out, result)
+        write_result(out, result, args.config)
         return result
 
     n = min(args.steps, 10)

@@ -12,20 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
-import yaml
+from harness import parse_set, write_result
 
 from da2_platform.config import load_config
 from da2_platform.data.splits import prepare_data
 from da2_platform.data.topdown import TopDownDataset
-from da2_platform.files import write_json_atomic
 from da2_platform.inference import evaluate_model
 from da2_platform.search.da2 import BatchStream, DA2Search, with_targets
 from da2_platform.training.loop import build_model, device_augment
-from da2_platform.training.step import TrainingStep, make_optimizer, seed_everything
-from pose_models.losses import P2NetLoss
+from da2_platform.training.step import TrainingStep, seed_everything
 from search_spaces.fixed import fixed_policy
 
 # cost timers count this process's CPU seconds (one thread): wall time on the shared machine swings with load
@@ -36,10 +33,8 @@ def plain_training(cfg, dataset, policy, steps: int, batches: list | None = None
     """The shared recipe for `steps` steps; returns the model and the seconds spent in steps."""
     seed_everything(cfg.seed)
     model = build_model(cfg, dataset.num_joints)
-    step = TrainingStep(model, P2NetLoss(ohkm_topk=cfg.model.ohkm_topk), make_optimizer(model, cfg.train), cfg.train,
-                        cfg.data.input_size, torch.device("cpu"),
-                        device_augment(cfg, policy, dataset.flip_pairs, torch.device("cpu"), cfg.seed),
-                        cfg.data.heatmap_sigma)
+    step = TrainingStep.from_config(model, cfg, torch.device("cpu"),
+                                    device_augment(cfg, policy, dataset.flip_pairs, torch.device("cpu"), cfg.seed))
     stream, seconds = BatchStream(dataset, cfg), 0.0
     for i in range(steps):
         batch = batches[i % len(batches)] if batches else next(stream)
@@ -89,7 +84,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/da2_cost_and_ap.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = parse_set(args.set)
     cfg = load_config(args.config, {"workdir": "work/bench-da2", **overrides})
     data = prepare_data(cfg)
     size = cfg.data.input_size
@@ -131,7 +126,7 @@ def main() -> None:
                                "ratio_to_plain_same_policy": seconds / same_seconds}
         print(json.dumps({key: result["cost"][key]}), flush=True)
     if args.train_steps == 0:
-        write_json_atomic(Path(args.out), result)
+        write_result(args.out, result, args.config, overrides)
         print(json.dumps(result["cost"], indent=2))
         return
 
@@ -148,7 +143,7 @@ def main() -> None:
         result["ap"][name] = {"val_AP": coco["AP"], "val_AR": coco["AR"], "train_seconds": seconds,
                               "steps": args.train_steps}
         print(json.dumps({name: result["ap"][name]}), flush=True)
-    write_json_atomic(Path(args.out), result)
+    write_result(args.out, result, args.config, overrides)
     print(json.dumps(result["cost"], indent=2))
 
 

@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import torch
+from harness import write_result
 from policy_sensitivity import final_ap
 
 from da2_platform.config import ExperimentConfig, load_config
 from da2_platform.data.splits import prepare_data
 from da2_platform.data.topdown import TopDownDataset
-from da2_platform.files import write_json_atomic
 from da2_platform.inference import evaluate_model
 from da2_platform.search.da2 import DA2Search
 from search_spaces.policy import Policy
@@ -117,9 +117,9 @@ def main() -> None:
                          "search_val_ap": round(search_ap, 4), "search_seconds": round(search_s, 1),
                          "final_seconds": round(final_s, 1), "op_mass": op_mass(policy), "policy": policy}
             print(json.dumps({k: v for k, v in runs[key].items() if k != "policy"}), flush=True)
-            write_json_atomic(out, summary(args, base, runs))
+            write_result(out, summary(args, base, runs), args.config)
     result = summary(args, base, runs)
-    write_json_atomic(out, result)
+    write_result(out, result, args.config)
     print(json.dumps({k: result[k] for k in ("per_variant", "references", "done_when")}, indent=2))
 
 

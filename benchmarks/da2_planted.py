@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from harness import write_result
 from torch import nn
 
 from da2_platform.config import ExperimentConfig
@@ -37,7 +38,6 @@ from da2_platform.data.heatmaps import render_heatmaps
 from da2_platform.data.splits import write_search_split
 from da2_platform.data.synthpose import write_synthpose
 from da2_platform.data.topdown import TopDownDataset
-from da2_platform.files import write_json_atomic
 from da2_platform.search.bilevel import BilevelStep, ScoreStep
 from da2_platform.search.da2 import make_da2_step, make_policy_optimizer, policy_lr
 from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
@@ -304,7 +304,7 @@ def main() -> None:
                                "da2": cfg_used.model_dump(mode="json"),
                                "policy_lr_used": policy_lr(cfg_used, args.updates)}}
         result["verdict"] = verdict(result)
-    write_json_atomic(Path(args.out), result)
+    write_result(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("planted", "natural", "settings")}))
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
+from harness import write_result
 
 from da2_platform.config import load_config
 from da2_platform.data.splits import prepare_data
 from da2_platform.data.topdown import TopDownDataset
-from da2_platform.files import write_json_atomic
 from da2_platform.search.da2 import DA2Search, with_targets
 from da2_platform.training.loop import device_augment
 
@@ -65,7 +64,7 @@ def main() -> None:
     per_step_ms = {k: round(v / args.steps * 1000, 1) for k, v in seconds.items()}
     result = {"config": args.config, "steps": args.steps, "threads": 1, "timer": "process CPU seconds",
               "batch_size": cfg.train.batch_size, "input_size": list(size), "per_step_ms": per_step_ms}
-    write_json_atomic(Path(args.out), result)
+    write_result(args.out, result, args.config)
     print(json.dumps(result, indent=2))
 
 

@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 
 import torch
+from harness import write_result
 
 from da2_platform.config import ExperimentConfig, load_config
 from da2_platform.data.splits import prepare_data
 from da2_platform.data.topdown import TopDownDataset
-from da2_platform.files import write_json_atomic
 from da2_platform.inference import evaluate_model, predict_heatmaps
 from da2_platform.policies import resolve_policy
 from da2_platform.search.children import child_fit
@@ -100,7 +100,7 @@ def main() -> None:
 
         fit.run(on_step=on_step)
         results[name] = rows
-    write_json_atomic(Path(args.out), {"config": args.config, "seed": args.seed, "threads": 1,
+    write_result(args.out, {"config": args.config, "seed": args.seed, "threads": 1,
                                        "flip_only_policy": FLIP_ONLY, "policies": results})
 
 

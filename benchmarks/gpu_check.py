@@ -40,12 +40,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness import PEAK_BF16_DENSE_FLOPS, PEAK_SOURCE, mfu, peak_flops, write_result
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 
-# NVIDIA H200 (SXM) data sheet: 989 TFLOP/s dense BF16 Tensor Core (1,979 is the 2:4-sparsity figure)
-H200_BF16_DENSE_FLOPS = 989e12
-PEAK_SOURCE = "NVIDIA H200 Tensor Core GPU data sheet: BF16 Tensor Core 1,979 TFLOPS with sparsity, 989 dense"
 
 # run order: the required figures first; the compiled step last, on whatever time is left (up to its cap)
 SECTIONS = ("data", "train_step", "gpu_policy", "da2_step", "cpu_feed", "compare", "train_ray", "train_compile")
@@ -159,10 +158,12 @@ def _policies(plan: Plan) -> dict:
     return {"standard-pose": fixed_policy("standard-pose"), "random-5x2": random_policy(plan.seed)}
 
 
-def _train_cfg(plan: Plan):
-    from da2_platform.config import TrainConfig
+def _experiment_cfg(plan: Plan):
+    """The defaults with the plan's batch, input size, bf16 and channels_last: what the training step reads."""
+    from da2_platform.config import ExperimentConfig
 
-    return TrainConfig(batch_size=plan.batch, bf16=True, channels_last=True)
+    return ExperimentConfig.model_validate({"data": {"input_size": list(plan.input_size)},
+                                            "train": {"batch_size": plan.batch, "bf16": True, "channels_last": True}})
 
 
 def _timed_steps(step, batch, warmup: int, steps: int, device) -> tuple[float, float]:
@@ -197,7 +198,7 @@ def _peak(device) -> tuple[float | None, str]:
     if device.type != "cuda":
         return None, "cpu"
     name = torch.cuda.get_device_name(device)
-    return (H200_BF16_DENSE_FLOPS if "H200" in name else None), name
+    return peak_flops(name), name
 
 
 def _throughput_entry(plan: Plan, device, flops_per_step: int, first_s: float, step_s: float) -> dict:
@@ -208,7 +209,7 @@ def _throughput_entry(plan: Plan, device, flops_per_step: int, first_s: float, s
             "bf16_autocast": device.type == "cuda", "channels_last": True, "warmup": plan.warmup,
             "steps": plan.steps, "first_step_s": round(first_s, 3), "step_s": step_s,
             "images_per_s": round(images_per_s, 2), "model_gflops_per_image": flops_per_step / plan.batch / 1e9,
-            "achieved_tflops": achieved / 1e12, "mfu": None if peak is None else achieved / peak,
+            "achieved_tflops": achieved / 1e12, "mfu": mfu(flops_per_step, step_s, name),
             "peak_flops": peak}
 
 
@@ -217,14 +218,13 @@ def _training_step(plan: Plan, compiled: bool = False):
 
     from da2_platform.training.step import TrainingStep, make_optimizer, seed_everything
     from pose_models import build_p2net
-    from pose_models.losses import P2NetLoss
 
     device = _device()
     seed_everything(plan.seed)
     model = build_p2net(plan.preset, num_joints=17).to(device).to(memory_format=torch.channels_last)
-    cfg = _train_cfg(plan)
+    cfg = _experiment_cfg(plan)
     net = torch.compile(model, backend=plan.compile_backend) if compiled else model
-    return TrainingStep(net, P2NetLoss(), make_optimizer(model, cfg), cfg, plan.input_size, device), model, device
+    return TrainingStep.from_config(net, cfg, device, optimizer=make_optimizer(model, cfg.train)), model, device
 
 
 # -- the sections -----------------------------------------------------------------------------------------------
@@ -295,8 +295,7 @@ def section_da2_step(plan: Plan, workspace: Path) -> dict:
     from da2_platform.config import load_config
     from da2_platform.search.da2 import DA2Search, with_targets
     from da2_platform.training.loop import build_model, device_augment
-    from da2_platform.training.step import TrainingStep, make_optimizer, seed_everything
-    from pose_models.losses import P2NetLoss
+    from da2_platform.training.step import TrainingStep, seed_everything
     from search_spaces import fixed_policy
 
     device = _device()
@@ -316,10 +315,9 @@ def section_da2_step(plan: Plan, workspace: Path) -> dict:
         model = build_model(cfg, dataset.num_joints).to(device)
         if channels_last_model:  # as `Fit` (da2 train); search children leave the model contiguous
             model = model.to(memory_format=torch.channels_last)
-        step = TrainingStep(model, P2NetLoss(ohkm_topk=cfg.model.ohkm_topk), make_optimizer(model, cfg.train),
-                            cfg.train, cfg.data.input_size, device,
-                            device_augment(cfg, fixed_policy("standard-pose"), dataset.flip_pairs, device, plan.seed),
-                            cfg.data.heatmap_sigma)
+        step = TrainingStep.from_config(
+            model, cfg, device,
+            device_augment(cfg, fixed_policy("standard-pose"), dataset.flip_pairs, device, plan.seed))
         return _timed_steps(step, plain_batch, plan.warmup, plan.da2_steps, device)[1]
 
     out["plain_augmented_s"] = plain(False)
@@ -761,14 +759,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {"schema_version": 1, "mode": plan.mode, "started": started,
               "wall_s": round(time.perf_counter() - wall0, 1), "budget_s": plan.budget_s,
               "command": " ".join([Path(sys.executable).name, "benchmarks/gpu_check.py", *(argv or sys.argv[1:])]),
-              "machine": sections.get("data", {}).get("machine"), "peak": {"bf16_dense_flops": H200_BF16_DENSE_FLOPS, "device": "NVIDIA H200",
-                                              "source": PEAK_SOURCE},
+              "machine": sections.get("data", {}).get("machine"),
+              "peak": {"bf16_dense_flops": PEAK_BF16_DENSE_FLOPS, "source": PEAK_SOURCE},
               "plan": asdict(plan), "sections": sections, "summary": summary, "goals": goals}
     if args.keep_workspace:
         report["workspace"] = str(workspace)
-    from da2_platform.files import write_json_atomic
-
-    write_json_atomic(out, report)
+    write_result(out, report)
     print(f"\n{'section':14s} {'status':8s} {'seconds':>7s}  key figure")
     for name, r in sections.items():
         print(f"{name:14s} {r['status']:8s} {r['seconds']:7.1f}  {_key_figure(name, r)}")

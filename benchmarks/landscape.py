@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import write_result
 
 from da2_platform.config import ExperimentConfig, load_config
 from da2_platform.data.splits import prepare_data
-from da2_platform.files import write_json_atomic
 from da2_platform.policies import resolve_policy
 from da2_platform.search.children import final_training
 from da2_platform.warmstart import PretrainSettings, warm_start
@@ -66,25 +64,10 @@ def ensure_warm_start(cfg: ExperimentConfig, config_path: str) -> None:
     print(json.dumps({"warm_start": str(ws.path), "seconds": round(ws.seconds, 1)}), flush=True)
 
 
-def provenance(config_path: str, cfg: ExperimentConfig) -> dict:
-    """What made the result: commit, config and machine."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                    text=True, check=False).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", None
-    return {"commit": commit.strip(), "dirty": dirty, "config_path": config_path,
-            "config": cfg.model_dump(mode="json"),
-            "machine": {"processor": platform.processor() or platform.machine(), "cores": _cores(),
-                        "python": platform.python_version(), "torch": torch.__version__, "device": "cpu",
-                        "threads": torch.get_num_threads()}}
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
+def _saved_config(result: dict) -> dict | None:
+    """The resolved config a saved result ran with (`provenance.config` held it before harness.py)."""
+    saved = result.get("provenance", {})
+    return saved.get("config_resolved") or (saved["config"] if isinstance(saved.get("config"), dict) else None)
 
 
 def policies_for(cfg: ExperimentConfig, oracle: Path) -> dict[str, Policy]:
@@ -160,20 +143,20 @@ def main() -> None:
     names = [n for n in policies if not args.only or n in args.only]
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.is_file() else {}
-    same = recipe(previous.get("provenance", {}).get("config")) == recipe(base.model_dump(mode="json"))
+    same = recipe(_saved_config(previous)) == recipe(base.model_dump(mode="json"))
     runs = previous.get("runs", {}) if same else {}
     for other in args.merge:
         piece = json.loads(other.read_text())
-        if recipe(piece.get("provenance", {}).get("config")) != recipe(base.model_dump(mode="json")):
-            raise SystemExit(f"error: {other}: provenance.config: another recipe than {args.config}")
+        if recipe(_saved_config(piece)) != recipe(base.model_dump(mode="json")):
+            raise SystemExit(f"error: {other}: provenance.config_resolved: another recipe than {args.config}")
         runs.update({k: v for k, v in piece.get("runs", {}).items() if k not in runs})
 
     def write() -> dict:
-        result = {"benchmark": "landscape", "provenance": provenance(args.config, base), "seeds": args.seeds,
+        result = {"benchmark": "landscape", "seeds": args.seeds,
                   "std": "sample standard deviation over seeds (n-1)", "oracle_file": str(oracle),
                   "policy_definitions": {n: policies[n].to_dict() for n in policies if not n.startswith("fixed:")},
                   **summary(runs, list(policies), args.seeds), "runs": runs}
-        write_json_atomic(out, result)
+        write_result(out, result, args.config, resolved=base.model_dump(mode="json"))
         return result
 
     for seed in args.seeds:

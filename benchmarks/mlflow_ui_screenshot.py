@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from harness import write_result
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -124,7 +126,7 @@ def main() -> None:
         "policy_aliases": list(policies[0].aliases) if policies else None,
         "screenshots": shots,
     }
-    (out / "screenshots.json").write_text(json.dumps(described, indent=2) + "\n")
+    write_result(out / "screenshots.json", described)
     print(json.dumps(described, indent=2))
 
 

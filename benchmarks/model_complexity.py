@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from harness import write_result
 
-from da2_platform.files import write_json_atomic
 from pose_models import P2NetLoss, build_p2net, model_complexity
 
 RESULTS = Path(__file__).resolve().parent / "results" / "model_complexity.json"
@@ -111,7 +111,7 @@ def main() -> None:
             }
         )
         print(f"cpu-tiny {size[0]}x{size[1]} batch {batch}: {seconds:.3f} s per train step (1 CPU thread)")
-    write_json_atomic(
+    write_result(
         RESULTS,
         {
             "counter": "torch.utils.flop_counter.FlopCounterMode; GMACs = FLOPs / 2e9; batch 1, eval mode",

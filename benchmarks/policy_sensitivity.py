@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import torch
+from harness import write_result
 
 from da2_platform.config import ExperimentConfig, load_config
 from da2_platform.data.splits import prepare_data
 from da2_platform.data.topdown import TopDownDataset
-from da2_platform.files import write_json_atomic
 from da2_platform.policies import resolve_policy
 from da2_platform.search.children import child_fit, run_child
 from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
@@ -98,9 +98,9 @@ def main() -> None:
             runs[key] = {"policy": name, "seed": seed, "val_ap": curve[-1]["val_ap"], "curve": curve,
                          "seconds": round(seconds, 1)}
             print(json.dumps(runs[key]), flush=True)
-            write_json_atomic(out, _summary(args, base, pretrain, runs, policies))
+            write_result(out, _summary(args, base, pretrain, runs, policies), args.config)
     result = _summary(args, base, pretrain, runs, policies)
-    write_json_atomic(out, result)
+    write_result(out, result, args.config)
     print(json.dumps({k: result[k] for k in ("per_policy", "done_when")}, indent=2))
 
 

@@ -12,6 +12,8 @@ import platform
 import time
 from pathlib import Path
 
+from harness import write_result
+
 OUT = Path(__file__).parent / "results" / "ray_listen.json"
 
 
@@ -56,7 +58,7 @@ def main() -> None:
         "not_on_loopback": [f for f in found if f["address"] not in loopback],
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(OUT, result)
     print(json.dumps({k: result[k] for k in ("all_on_loopback", "not_on_loopback")}, indent=2))
 
 

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import torch
+from harness import write_result
 
 from da2_platform.data.roundtrip import codec_roundtrip
 from da2_platform.data.synthpose import write_synthpose
-from da2_platform.files import write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COCO_SAMPLE = REPO_ROOT.parent / "shared" / "fixtures" / "coco_sample"
@@ -56,7 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         synth = write_synthpose(tmp, train=0, val=args.synth_val, seed=args.seed)
         rows += measure(f"synthpose_val{args.synth_val}_seed{args.seed}", synth.val_annotations, synth.val_images)
-    write_json_atomic(args.out, {"benchmark": "codec round-trip AP", "python": platform.python_version(),
+    write_result(args.out, {"benchmark": "codec round-trip AP", "python": platform.python_version(),
                                  "torch": torch.__version__, "results": rows, "notes": notes})
     print(f"wrote {args.out}")
 

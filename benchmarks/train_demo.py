@@ -14,17 +14,16 @@ import time
 from pathlib import Path
 
 import torch
+from harness import parse_set, write_result
 
 from da2_platform.config import load_config
 from da2_platform.data.splits import prepare_data
 from da2_platform.data.topdown import TopDownDataset
-from da2_platform.files import write_json_atomic
 from da2_platform.inference import evaluate_model
 from da2_platform.policies import resolve_policy
 from da2_platform.search.da2 import BatchStream
 from da2_platform.training.loop import build_model, device_augment
-from da2_platform.training.step import TrainingStep, make_optimizer, seed_everything
-from pose_models.losses import P2NetLoss
+from da2_platform.training.step import TrainingStep, seed_everything
 
 
 def main() -> None:
@@ -43,10 +42,9 @@ def main() -> None:
                         help="also write the whole trained P2Net's state dict here (loadable as model.init_weights)")
     args = parser.parse_args()
 
-    import yaml
 
     torch.set_num_threads(args.threads)
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = parse_set(args.set)
     cfg = load_config(args.config, {"workdir": "work/bench-train", **overrides})
     data = prepare_data(cfg)
     device = torch.device("cpu")
@@ -54,9 +52,7 @@ def main() -> None:
     train = TopDownDataset(data.full_train_annotations, data.train_images, input_size=cfg.data.input_size)
     model = build_model(cfg, train.num_joints)
     policy = resolve_policy(args.policy).policy if args.policy != "none" else None
-    step = TrainingStep(model, P2NetLoss(ohkm_topk=cfg.model.ohkm_topk), make_optimizer(model, cfg.train),
-                        cfg.train, cfg.data.input_size, device, device_augment(cfg, policy, train.flip_pairs, device, 0),
-                        cfg.data.heatmap_sigma)
+    step = TrainingStep.from_config(model, cfg, device, device_augment(cfg, policy, train.flip_pairs, device, 0))
 
     def val_ap() -> float:
         return evaluate_model(model, data.val_annotations, data.val_images, cfg.data.input_size, device,
@@ -90,7 +86,7 @@ def main() -> None:
             torch.save(state, buf)
             write_bytes_atomic(Path(path), buf.getvalue())
     result.update(saved_backbone=args.save_backbone, saved_model=args.save_model)
-    write_json_atomic(Path(args.out), result)
+    write_result(args.out, result, args.config, overrides)
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}, indent=2))
 
 

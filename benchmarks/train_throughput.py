@@ -13,16 +13,13 @@ import time
 from pathlib import Path
 
 import torch
+from harness import mfu, write_result
 
-from da2_platform.config import TrainConfig
-from da2_platform.files import read_json, write_json_atomic
-from da2_platform.training.step import TrainingStep, make_optimizer, pick_device
+from da2_platform.config import ExperimentConfig
+from da2_platform.files import read_json
+from da2_platform.training.step import TrainingStep, pick_device
 from pose_models import build_p2net, model_complexity
-from pose_models.losses import P2NetLoss
 from search_spaces.batch import PoseBatch
-
-# dense bf16 peak FLOP/s by device name fragment (vendor data sheets)
-BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12}
 
 
 def main() -> None:
@@ -40,8 +37,8 @@ def main() -> None:
     device = pick_device()
     model = build_p2net(args.preset, num_joints=17).to(device)
     gmacs = model_complexity(model, (h, w))["gmacs"]
-    cfg = TrainConfig(batch_size=args.batch)
-    step = TrainingStep(model, P2NetLoss(), make_optimizer(model, cfg), cfg, (h, w), device)
+    cfg = ExperimentConfig.model_validate({"data": {"input_size": [h, w]}, "train": {"batch_size": args.batch}})
+    step = TrainingStep.from_config(model, cfg, device)
     g = torch.Generator().manual_seed(0)
     batch = PoseBatch(images=torch.rand(args.batch, 3, h, w, generator=g).to(device),
                       keypoints=(torch.rand(args.batch, 17, 2, generator=g) * torch.tensor([w - 1, h - 1])).to(device),
@@ -56,16 +53,16 @@ def main() -> None:
     flops_per_image = 3 * 2 * gmacs * 1e9  # forward + backward ~ 3x forward; 2 FLOPs per multiply-add
     achieved = images_per_second * flops_per_image
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
     entry = {"preset": args.preset, "input_size": [h, w], "batch": args.batch, "device": name,
              "threads": args.threads, "steps": args.steps, "images_per_second": images_per_second,
              "gmacs_per_image": gmacs, "achieved_tflops": achieved / 1e12,
-             "mfu": achieved / peak if peak else None, "torch": torch.__version__}
+             "mfu": mfu(flops_per_image * args.steps * args.batch, seconds, name), "torch": torch.__version__}
     out = Path(args.out)
-    runs = read_json(out) if out.is_file() else []
+    saved = read_json(out) if out.is_file() else {}
+    runs = saved if isinstance(saved, list) else saved.get("runs", [])  # a list: written before provenance
     runs = [r for r in runs if (r["preset"], r["input_size"], r["batch"], r["device"]) !=
             (args.preset, [h, w], args.batch, name)] + [entry]
-    write_json_atomic(out, runs)
+    write_result(out, {"runs": runs})
     print(json.dumps(entry, indent=2))
 
 

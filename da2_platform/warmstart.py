@@ -92,8 +92,7 @@ def _pretrain(cfg: ExperimentConfig, settings: PretrainSettings, folder: Path, w
     from da2_platform.policies import resolve_policy
     from da2_platform.search.da2 import BatchStream
     from da2_platform.training.loop import build_model, device_augment
-    from da2_platform.training.step import TrainingStep, make_optimizer, seed_everything
-    from pose_models.losses import P2NetLoss
+    from da2_platform.training.step import TrainingStep, seed_everything
 
     raw = cfg.model_dump(mode="json")
     raw["model"]["init_weights"] = None
@@ -106,10 +105,8 @@ def _pretrain(cfg: ExperimentConfig, settings: PretrainSettings, folder: Path, w
     dataset = TopDownDataset(paths.train_annotations, paths.train_images, input_size=pre_cfg.data.input_size)
     model = build_model(pre_cfg, dataset.num_joints)
     policy = resolve_policy(PRETRAIN_POLICY).policy
-    step = TrainingStep(model, P2NetLoss(ohkm_topk=pre_cfg.model.ohkm_topk), make_optimizer(model, pre_cfg.train),
-                        pre_cfg.train, pre_cfg.data.input_size, device,
-                        device_augment(pre_cfg, policy, dataset.flip_pairs, device, settings.seed),
-                        pre_cfg.data.heatmap_sigma)
+    step = TrainingStep.from_config(model, pre_cfg, device,
+                                    device_augment(pre_cfg, policy, dataset.flip_pairs, device, settings.seed))
     stream = BatchStream(dataset, pre_cfg)
     for i in range(1, settings.steps + 1):
         step(next(stream))

@@ -1,5 +1,6 @@
-"""The baselines as a user meets them: one search spec builder per method, and the README's own-Tuner example, run as
-written (the RL Searcher and the PBA scheduler in a user's Tuner with a user's trainable)."""
+"""The baselines as a user meets them: one search spec builder per method, and the own-Tuner example of
+docs/baselines.md, run as written (the RL Searcher and the PBA scheduler in a user's Tuner with a user's
+trainable)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "baselines.md"
 MARKER = "The RL Searcher and the PBA scheduler work in your own `Tuner`"
 
 

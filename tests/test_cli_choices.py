@@ -56,7 +56,7 @@ def test_a_bad_choice_exits_2_naming_the_option_and_its_choices(args, option, ch
 @pytest.mark.parametrize(
     "method, line",
     [
-        ("magic", "error: --method: unknown method 'magic'; use one of da2, rl, optuna, pba, fixed:NAME"),
+        ("magic", "error: --method: unknown method 'magic'; use one of da2, da2:score, rl, optuna, pba, fixed:NAME"),
         ("fixed:magic", "error: fixed policy: unknown name 'magic'; known: none, standard-pose, randaugment"),
     ],
 )

@@ -131,13 +131,20 @@ def test_one_bilevel_step_changes_policy_and_weights():
 
 
 def test_learned_policy_is_a_valid_policy():
-    policy = RelaxedPolicy(op_slots(5, 2, seed=0), FLIP_PAIRS)
+    """The learned policy carries pi, p and m slot by slot, and its top-n are the n heaviest sub-policies
+    whatever their place: here the heaviest is the second slot and the runner-up the fourth."""
+    slots = op_slots(5, 2, seed=0)
+    policy = RelaxedPolicy(slots, FLIP_PAIRS)
+    logits = torch.tensor([0.0, 2.0, -1.0, 0.5, 0.1])
     with torch.no_grad():
-        policy.pi_logits.copy_(torch.tensor([2.0, 0.0, -1.0, 0.5, 0.1]))
+        policy.pi_logits.copy_(logits)
     learned = policy.to_policy({"method": "da2"})
-    assert len(learned.sub_policies) == 5
-    assert abs(sum(s.weight for s in learned.sub_policies) - 1.0) < 1e-9
-    assert learned.top(2).sub_policies[0].weight >= learned.top(2).sub_policies[1].weight
+    pi = torch.softmax(logits.double(), 0)
+    assert [s.weight for s in learned.sub_policies] == pytest.approx(pi.tolist(), abs=1e-5)  # 6 decimals
+    assert [tuple(op.name for op in s.ops) for s in learned.sub_policies] == [tuple(slot) for slot in slots]
+    top = learned.top(2)
+    assert [s.ops for s in top.sub_policies] == [learned.sub_policies[1].ops, learned.sub_policies[3].ops]
+    assert [s.weight for s in top.sub_policies] == pytest.approx((pi[[1, 3]] / pi[[1, 3]].sum()).tolist(), abs=1e-5)
     from search_spaces.policy import Policy
 
     assert Policy.from_json(learned.to_json()) == learned

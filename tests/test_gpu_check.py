@@ -23,6 +23,7 @@ SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
 def load_gpu_check():
     """benchmarks/ is not a package: load the script as a module (registered first, as its dataclasses need)."""
     if "gpu_check" not in sys.modules:
+        sys.path.insert(0, str(SCRIPT.parent))  # its own helpers (harness.py), as running it as a script has
         spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
         module = importlib.util.module_from_spec(spec)
         sys.modules["gpu_check"] = module
@@ -111,9 +112,27 @@ def test_smoke_runs_every_section_on_the_cpu_to_completion(tmp_path):
     check_smoke_report(json.loads(out.read_text()))
 
 
+def test_one_peak_table_gives_an_h100_and_an_h200_their_mfu():
+    load_gpu_check()
+    import harness  # benchmarks/harness.py, on the path once gpu_check is loaded
+
+    assert harness.peak_flops("NVIDIA H100 80GB HBM3") == harness.peak_flops("NVIDIA H200") == 989.4e12
+    assert harness.peak_flops("NVIDIA H100 PCIe") == 756e12 and harness.peak_flops("cpu") is None
+    assert harness.mfu(989.4e12, 2.0, "NVIDIA H100 80GB HBM3") == pytest.approx(0.5)
+    assert harness.mfu(1e12, 1.0, "cpu") is None
+
+
+def test_the_committed_smoke_json_is_a_complete_smoke_run():
+    """benchmarks/results/gpu_check_smoke.json, which benchmarks/README.md cites, holds what a smoke run writes."""
+    report = json.loads((SCRIPT.parent / "results" / "gpu_check_smoke.json").read_text())
+    check_smoke_report(report)
+    assert report["provenance"]["commit"] and report["provenance"]["machine"]["cores"] > 0
+
+
 def check_smoke_report(report: dict) -> None:
-    """What a complete smoke run's JSON holds (also applied to benchmarks/results/gpu_check_smoke.json)."""
-    assert report["mode"] == "smoke" and report["peak"]["bf16_dense_flops"] == 989e12 and report["peak"]["source"]
+    """What a complete smoke run's JSON holds (a fresh run's, and the committed gpu_check_smoke.json)."""
+    peaks = report["peak"]["bf16_dense_flops"]
+    assert report["mode"] == "smoke" and peaks["H100"] == peaks["H200"] == 989.4e12 and report["peak"]["source"]
     sections = report["sections"]
     assert list(sections) == ["data", "train_step", "gpu_policy", "da2_step", "cpu_feed", "compare", "train_ray",
                               "train_compile"]

@@ -232,7 +232,7 @@ def test_model_info_table_and_errors() -> None:
     assert "total" in result.stderr and "progressive_fusion" in result.stderr and result.stdout == ""
     for args, message in [
         (["--input-size", "384by288"], "--input-size: expected HEIGHTxWIDTH"),
-        (["--input-size", "100x72"], "multiples of 16"),
+        (["--input-size", "100x72"], "the height must be a multiple of 32 and the width of 16"),
         (["--backbone", "no_such_net"], "no_such_net"),
         (["--preset", "nope"], "--preset: unknown preset"),
     ]:

@@ -77,10 +77,18 @@ def test_round_trip_of_awkward_floats_and_optional_fields():
 
 
 def test_save_and_load(tmp_path):
+    import os
+    import stat
+
+    from da2_platform.files import current_umask
+    from da2_platform.policies import save_policy
+
     policy = fixed_policy("standard-pose")
-    path = policy.save(tmp_path / "sub" / "policy.json")
+    path = save_policy(policy, tmp_path / "sub" / "policy.json")
     assert Policy.load(path) == policy
     assert path.read_text().endswith("\n") and not list(path.parent.glob(".*.tmp"))
+    # the mode a plain file gets (0666 less the umask), not the temp file's 0600
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~current_umask() != 0o600
 
 
 BAD_DOCUMENTS = [

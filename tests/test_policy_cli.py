@@ -13,7 +13,9 @@ from search_spaces import Policy, fixed_policy
 
 @pytest.fixture()
 def policy_file(tmp_path):
-    return fixed_policy("standard-pose").save(tmp_path / "standard.json")
+    from da2_platform.policies import save_policy
+
+    return save_policy(fixed_policy("standard-pose"), tmp_path / "standard.json")
 
 
 def test_validate_accepts_a_good_file(policy_file, capsys):
@@ -102,7 +104,7 @@ def test_render_writes_a_grid(policy_file, synthpose_small, tmp_path, capsys):
             "--max-rows",
             "4",
             "--input-size",
-            "96x72",
+            "96x64",
             "--json",
         ]
     )
@@ -116,7 +118,7 @@ def test_render_writes_a_grid(policy_file, synthpose_small, tmp_path, capsys):
         "sub_policies_shown": 4,
     }
     grid = cv2.imread(str(out))
-    assert grid is not None and grid.shape[0] > 4 * 96 and grid.shape[1] > 3 * 72
+    assert grid is not None and grid.shape[0] > 4 * 96 and grid.shape[1] > 3 * 64
     assert not list(tmp_path.glob(".*.tmp"))
 
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from search_spaces import (
@@ -205,12 +205,21 @@ def test_arbitrary_input_is_a_policy_or_a_policy_error(text):
         pass
 
 
-@settings(max_examples=100, deadline=None)
-@given(document=json_values.map(lambda v: _set(VALID, OP_FIELD, v)))
-def test_arbitrary_op_entries_never_crash(document):
+op_entries = json_values | st.fixed_dictionaries(
+    {"name": st.sampled_from(OP_NAMES), "p": unit, "m": unit})  # valid entries too, so acceptance is tested
+
+
+@settings(max_examples=200, deadline=None)
+@given(entry=op_entries)
+@example(entry={"name": "Rotate", "p": 0.25, "m": 1.0})
+@example(entry={"name": "Rotate", "p": 0.25})
+def test_arbitrary_op_entries_are_a_policy_error_or_exactly_that_op(entry):
+    """Any value in an op's place is refused with a PolicyError, or it was a valid op entry and the policy
+    holds exactly that op."""
     try:
-        policy = Policy.from_dict(document, source="fuzz.json")
-    except PolicyError:
+        policy = Policy.from_dict(_set(VALID, OP_FIELD, entry), source="fuzz.json")
+    except PolicyError as e:
+        assert str(e).startswith("fuzz.json: ")
         return
-    assume(policy is not None)
-    assert policy.sub_policies[0].ops[0].name in OPS
+    assert isinstance(entry, dict) and set(entry) == {"name", "p", "m"} and entry["name"] in OPS
+    assert policy.sub_policies[0].ops[0] == OpSetting(entry["name"], float(entry["p"]), float(entry["m"]))

@@ -256,11 +256,11 @@ def test_compare_runs_the_searches_side_by_side_under_a_device_budget(synthpose_
     from datetime import datetime
 
     workdir = tmp_path / "w"
-    cfg_path = write_config(workdir, synthpose_small, da2={"steps": 4})
+    cfg_path = write_config(workdir, synthpose_small, da2={"steps": 2})
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["search"]["rl"] = {"trials": 40, "child_steps": 6, "concurrent": 1, "sub_policies": 2}
     cfg_path.write_text(yaml.safe_dump(cfg))
-    budget_s = 40.0
+    budget_s = 90.0
     out = run_json(["compare", "--config", str(cfg_path), "--methods", "da2,rl,fixed:none",
                     "--budget-device-hours", str(budget_s / 3600), "--json"], capsys)
 

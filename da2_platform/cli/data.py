@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from da2_platform.cli.options import Shift, parse_hw
+from da2_platform.cli.options import INPUT_SIZE_HELP, Shift, parse_hw, parse_input_size
 from da2_platform.cli.output import console, emit_json, print_table, safe
 
 app = typer.Typer(help="SynthPose, and checks of any COCO person-keypoints data set.", no_args_is_help=True)
@@ -71,7 +71,7 @@ def synth(
 def inspect(
     annotations: Annotated[Path, typer.Option("--annotations", help="COCO person-keypoints JSON.")],
     images: Annotated[Path, typer.Option("--images", help="Folder holding the images the JSON names.")],
-    input_size: Annotated[str, typer.Option("--input-size", help="Network input HEIGHTxWIDTH.")] = "256x192",
+    input_size: Annotated[str, typer.Option("--input-size", help=INPUT_SIZE_HELP)] = "256x192",
     json_out: Annotated[bool, typer.Option("--json", help="Print counts and round-trip AP as JSON.")] = False,
     check_images: Annotated[bool, typer.Option("--check-images", help="Also decode every image the file names "
                                                                       "(fails on a missing or unreadable one, or "
@@ -88,7 +88,7 @@ def inspect(
 
     from da2_platform.data.roundtrip import codec_roundtrip
 
-    size = parse_hw(input_size, "--input-size")
+    size = parse_input_size(input_size)
     if check_images:
         from da2_platform.data.coco import check_images as decode_all
 

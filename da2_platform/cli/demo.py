@@ -129,7 +129,7 @@ def _run(terminal, workdir: Path, config: Path | None, methods: str, pretrain_st
     rows = [[f.method, f.registered_version, f.val_ap, f.device_seconds / 3600] for f in finals]
     if decision.allowed or decision.previous:
         step("train", f"P2Net with {ref} on Ray Train")
-        resolved = resolve_policy(ref)
+        resolved = resolve_policy(ref, cfg)
         # the searches are over: the production training may hold every CPU of the local cluster
         cpus = int(ray.cluster_resources().get("CPU", 1))
         production_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"cpus_per_worker": cpus})})

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from da2_platform.cli.options import parse_hw
+from da2_platform.cli.options import INPUT_SIZE_HELP, parse_input_size
 from da2_platform.cli.output import console, emit_json
 from da2_platform.errors import ConfigError
 
@@ -53,7 +53,7 @@ def model_info(
         help="Any timm model name (resnet50, resnet101, "
         "resnet152, convnext_tiny, ...); default: the preset's.",
     ),
-    input_size: str = typer.Option("384x288", "--input-size", help="Input HEIGHTxWIDTH, multiples of 16."),
+    input_size: str = typer.Option("384x288", "--input-size", help=INPUT_SIZE_HELP),
     preset: str | None = typer.Option(
         None,
         "--preset",
@@ -68,7 +68,7 @@ def model_info(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
 ) -> None:
     """Parameters and GMACs (multiply-adds, torch's FLOP counter / 2) of a P2Net, per stage."""
-    size = parse_hw(input_size, "--input-size", minimum=1)
+    size = parse_input_size(input_size)
     overrides = {
         "fusion_channels": fusion_channels,
         "refine_channels": refine_channels,

@@ -48,9 +48,13 @@ def check_batch_size(value: int, option: str = "--batch-size", maximum: int = 51
     return value
 
 
+INPUT_SIZE_HELP = "Crop HEIGHTxWIDTH: the height a multiple of 32, the width of 16, at most 1024 a side."
+
+
 def parse_input_size(text: str, option: str = "--input-size", maximum: int = MAX_INPUT_SIDE) -> tuple[int, int]:
-    """A crop size P2Net accepts (H a multiple of 32, W of 16) and that fits in memory: at most `maximum` a side
-    (the paper's largest is 384x288)."""
+    """The one rule of every command's --input-size, the config's `data.input_size` rule: a crop size P2Net
+    accepts (H a multiple of 32, W of 16) and that fits in memory, at most `maximum` a side (the paper's largest
+    is 384x288)."""
     h, w = parse_hw(text, option, minimum=32, maximum=maximum)
     if h % 32 or w % 16:
         raise ConfigError(f"{option}: {h}x{w}: the height must be a multiple of 32 and the width of 16")

@@ -1,7 +1,7 @@
 """`da2 policy show | validate | render | schema`: read, check and picture an augmentation policy.
 
 A policy reference is a JSON file path, `fixed:NAME` (none, standard-pose, randaugment[:N:M], trivialaugment)
-or a `models:/NAME@ALIAS` registry URI (see `load_policy_reference`).
+or a `models:/NAME@ALIAS` registry URI (`da2_platform.policies.resolve_policy`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from da2_platform.cli.options import parse_hw
+from da2_platform.cli.options import INPUT_SIZE_HELP, parse_input_size
 from da2_platform.cli.output import console, emit_json, print_table
+from da2_platform.policies import resolve_policy
 from search_spaces import compile_albumentations
 
 if TYPE_CHECKING:
@@ -26,32 +27,10 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-REGISTRY_PREFIX = "models:/"
 TRACKING_HELP = (
     "MLflow tracking URI for models:/ references (default: MLFLOW_TRACKING_URI, then the config's)."
 )
 CONFIG_HELP = "Experiment YAML whose tracking store a models:/ reference is read from."
-
-
-def load_policy_reference(ref: str, tracking_uri: str | None = None, config: Path | None = None) -> Policy:
-    """The policy named by `ref`: a JSON file, `fixed:NAME`, or a `models:/NAME@ALIAS` (or /VERSION) URI.
-
-    The one hook through which these commands read a policy; it defers to `da2_platform.policies.resolve_policy`.
-    A models:/ URI is looked up in the MLflow registry at `tracking_uri` (else MLFLOW_TRACKING_URI, else the
-    config's store, else the SQLite store in the config's workdir), as `da2 promote` does.
-    """
-    from da2_platform.policies import resolve_policy
-
-    if not ref.startswith(REGISTRY_PREFIX):
-        return resolve_policy(ref).policy
-    from da2_platform.config import load_config
-    from da2_platform.registry import parse_model_ref
-    from da2_platform.tracking import check_tracking, resolve_tracking_uri
-
-    parse_model_ref(ref)  # a malformed reference or a name outside the name rule: before any store is opened
-    uri = resolve_tracking_uri(load_config(config), tracking_uri)
-    check_tracking(uri, read_only=True)
-    return resolve_policy(ref, uri).policy
 
 
 def describe_op(op: OpSetting) -> str:
@@ -86,7 +65,7 @@ def validate(
     config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
 ) -> None:
     """Check a policy file against the schema; an invalid one prints `error: FILE: FIELD: REASON`, exit 2."""
-    loaded = load_policy_reference(policy, tracking_uri, config)
+    loaded = resolve_policy(policy, config, tracking_uri).policy
     summary = {"valid": True, **_summary(policy, loaded)}
     if json_out:
         emit_json(summary)
@@ -114,7 +93,7 @@ def show(
     config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
 ) -> None:
     """Print a policy as a table: one row per sub-policy with its weight and ops (p, m and physical amount)."""
-    loaded = load_policy_reference(policy, tracking_uri, config)
+    loaded = resolve_policy(policy, config, tracking_uri).policy
     shown = loaded.top(top) if top else loaded
     if json_out:
         emit_json({**_summary(policy, loaded), "policy_json": shown.to_dict()})
@@ -139,7 +118,7 @@ def render(
     max_rows: int = typer.Option(
         10, "--max-rows", min=1, max=64, help="At most this many sub-policies (heaviest)."
     ),
-    input_size: str = typer.Option("256x192", "--input-size", help="Crop size HxW."),
+    input_size: str = typer.Option("256x192", "--input-size", help=INPUT_SIZE_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of the augmentations."),
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON to stdout."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
@@ -151,8 +130,8 @@ def render(
     from da2_platform.errors import ConfigError, DataError
     from da2_platform.files import write_bytes_atomic
 
-    size = parse_hw(input_size, "--input-size", minimum=32)
-    loaded = load_policy_reference(policy, tracking_uri, config)
+    size = parse_input_size(input_size)
+    loaded = resolve_policy(policy, config, tracking_uri).policy
     dataset = TopDownDataset(annotations, images, input_size=size)
     if len(dataset) == 0:
         raise DataError(f"{annotations}: no person with keypoints to render")

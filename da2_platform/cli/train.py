@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from da2_platform.cli.options import Decoder
+from da2_platform.cli.options import INPUT_SIZE_HELP, Decoder
 from da2_platform.cli.output import console, emit_json, print_table
 
 
@@ -48,7 +48,7 @@ def train(
     check_shared_workdir(cfg.workdir, source)  # a multi-node job: every node sees it
     if not no_register or (policy or "").startswith("models:/"):
         setup_tracking(cfg, tracking_uri)  # an unreachable server fails here, before any compute
-    resolved = resolve_policy(policy) if policy else None
+    resolved = resolve_policy(policy, cfg, tracking_uri) if policy else None
     console.print(f"[bold]train[/] {cfg.name}: {cfg.train.epochs} epochs, model {cfg.model.preset or cfg.model.backbone}, "
                   f"policy {resolved.reference if resolved else 'none'}")
     outcome = run_training(cfg, resolved.policy.to_json() if resolved else None, resume=resume, fresh=fresh,
@@ -107,7 +107,7 @@ def predict(
     images: Path = typer.Option(..., "--images", help="Image folder."),
     out: Path = typer.Option(..., "--out", help="Where to write the COCO results JSON."),
     boxes: Path | None = typer.Option(None, "--boxes", help="Detector boxes (COCO results with bbox, score)."),
-    input_size: str | None = typer.Option(None, "--input-size", help="HxW crop size (default: the trained one)."),
+    input_size: str | None = typer.Option(None, "--input-size", help=f"{INPUT_SIZE_HELP} Default: the trained one."),
     decoder: Decoder = typer.Option("dark", "--decoder", help="standard (paper) or dark."),
     flip_test: bool = typer.Option(True, "--flip-test/--no-flip-test", help="Average with the mirrored pass."),
     batch_size: int = typer.Option(32, "--batch-size"),

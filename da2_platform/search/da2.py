@@ -108,8 +108,7 @@ def make_da2_step(cfg: ExperimentConfig, model: torch.nn.Module, policy: Relaxed
         raise ValueError("the flip-test val objective needs the dataset's flip pairs")
     val_loss = make_batch_loss(loss_fn, cfg, device, flip_pairs) if flip_val else loss
     if sc.estimator == "score":
-        trainer = TrainingStep(model, loss_fn, w_opt, cfg.train, cfg.data.input_size, device,
-                               sigma=cfg.data.heatmap_sigma)
+        trainer = TrainingStep.from_config(model, cfg, device, optimizer=w_opt, loss_fn=loss_fn)
         return ScoreStep(trainer, policy, loss, d_opt, hypergradient=sc.hypergradient, m_sigma=sc.m_sigma,
                          centre_p=sc.centre_p, draws_per_image=sc.draws_per_image, val_loss=val_loss,
                          val_grad_every=sc.val_grad_every, explore=sc.explore)

@@ -231,6 +231,10 @@ def record_search(cfg: ExperimentConfig, method: str, results: list[dict], spec:
     if not done and partial_ok:  # a budget or early stopping ended every trial before its last report
         done = [(row, r) for row, r in zip(rows, results) if row.status == "stopped" and r["metrics"].get("policy_json")]
     if not done:
+        if any(r["metrics"].get("budget_stop") for r in results):
+            spent = sum(row.device_seconds for row in rows)
+            raise Da2Error(f"{method} search {cfg.name!r}: its budget ran out ({spent / 3600:.4f} device-hours "
+                           "spent) before any trial was scored; give it a larger budget")
         errors = "; ".join(r["error"] or "no result" for r in results)[:2000]
         raise Da2Error(f"{method} search {cfg.name!r}: no trial completed ({errors})")
     best_row, best = max(done, key=lambda pair: pair[0].search_val_ap)

@@ -203,8 +203,8 @@ class Fit:
         if self.applied_policy is not None and cfg.train.augment_on == "device":
             self.augment = StepSeededAugment(self.applied_policy, self.dataset.flip_pairs, self.device,
                                              lambda step: augmentation_seed(cfg, step, self.rank))
-        self.step_fn = TrainingStep(self.model, self.loss_fn, self.optimizer, cfg.train, cfg.data.input_size,
-                                    self.device, self.augment, cfg.data.heatmap_sigma)
+        self.step_fn = TrainingStep.from_config(self.model, cfg, self.device, self.augment, self.optimizer,
+                                                self.loss_fn)
         self._unread: list[StepMetrics] = []  # steps whose losses and seconds the state does not hold yet
 
     def steps_per_epoch(self) -> int:

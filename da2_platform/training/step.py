@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from da2_platform.config import TrainConfig
+from da2_platform.config import ExperimentConfig, TrainConfig
 from da2_platform.data.heatmaps import render_heatmaps
 from da2_platform.errors import TrainingError
 from pose_models.losses import P2NetLoss, P2NetLossOutput
@@ -169,6 +169,16 @@ class TrainingStep:
         self.model, self.loss_fn, self.optimizer, self.cfg = model, loss_fn, optimizer, cfg
         self.input_size, self.device, self.augment, self.sigma = input_size, device, augment, sigma
         self.step = 0
+
+    @classmethod
+    def from_config(cls, model: nn.Module, cfg: ExperimentConfig, device: torch.device,
+                    augment: Augment | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    loss_fn: P2NetLoss | None = None) -> TrainingStep:
+        """The step an experiment config describes: P2Net's loss with cfg.model's OHKM k, cfg.train's optimiser,
+        cfg.data's input size and heatmap sigma (a caller that keeps the optimiser or the loss passes its own)."""
+        return cls(model, loss_fn or P2NetLoss(ohkm_topk=cfg.model.ohkm_topk),
+                   optimizer or make_optimizer(model, cfg.train), cfg.train, cfg.data.input_size, device, augment,
+                   cfg.data.heatmap_sigma)
 
     def __call__(self, samples: dict | PoseBatch) -> StepMetrics:
         on_gpu = self.device.type == "cuda"

@@ -1,0 +1,105 @@
+"""What every benchmark script shares: writing its result JSON with what made it (git commit, config, machine),
+`--set` config overrides, and the dense bf16 peak and MFU of the device it ran on.
+
+    from harness import parse_set, write_result
+    write_result("benchmarks/results/x.json", result, config="configs/bench_cpu.yaml", overrides=parse_set(args.set))
+
+The scripts run as `python benchmarks/<name>.py`, so this folder is on their import path.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+# dense bf16 Tensor Core peak FLOP/s by device-name fragment (vendor data sheets; the sparsity figures are twice
+# these). H100 SXM and H200: 989.4 TFLOP/s; the H100 PCIe card is slower.
+PEAK_BF16_DENSE_FLOPS = {"H100 PCIe": 756e12, "H100": 989.4e12, "H200": 989.4e12, "A100": 312e12,
+                         "A10G": 125e12, "L4": 121e12}
+PEAK_SOURCE = ("NVIDIA data sheets, dense BF16 Tensor Core: H100 SXM 989.4 TFLOP/s (PCIe 756), H200 989.4 "
+               "(1,979 with sparsity), A100 312, A10G 125, L4 121")
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The dense bf16 peak of a device by its name (`torch.cuda.get_device_name`; the longest fragment that it
+    contains wins); None for a CPU or a device the table lacks."""
+    found = [fragment for fragment in PEAK_BF16_DENSE_FLOPS if fragment in device_name]
+    return PEAK_BF16_DENSE_FLOPS[max(found, key=len)] if found else None
+
+
+def mfu(flops_per_step: float, step_seconds: float, device_name: str) -> float | None:
+    """Model FLOP utilisation: the model's FLOPs per step over the step's time, against the device's peak."""
+    peak = peak_flops(device_name)
+    return None if peak is None or step_seconds <= 0 else flops_per_step / step_seconds / peak
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set a.b=VALUE ...` -> {"a.b": VALUE}, each VALUE read as YAML (numbers, lists, null), for load_config."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set: expected KEY=VALUE such as search.da2.steps=300, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def git_commit() -> dict[str, Any]:
+    """The commit the code ran at, and whether tracked files differed from it."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True,
+                                  timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit or "unknown", "dirty": None if status is None else bool(status)}
+
+
+def machine() -> dict[str, Any]:
+    """What ran it, without naming the host: CPU model and cores, OS, Python, torch and the device."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "os": f"{platform.system()} {platform.machine()}",
+                           "python": platform.python_version()}
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+        out["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        out["threads"] = torch.get_num_threads()
+    except ImportError:
+        out["device"] = "cpu"
+    return out
+
+
+def provenance(config: str | os.PathLike | None = None, overrides: dict | None = None,
+               resolved: dict | None = None) -> dict[str, Any]:
+    """commit, dirty, config (the file), overrides, config_resolved (the validated config, when given), machine."""
+    return {**git_commit(), "config": None if config is None else str(config), "overrides": overrides or {},
+            "config_resolved": resolved, "machine": machine(),
+            "written": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def write_result(path: str | os.PathLike, result: dict, config: str | os.PathLike | None = None,
+                 overrides: dict | None = None, resolved: dict | None = None) -> Path:
+    """Write `result` atomically as JSON with a `provenance` block (replacing one it had: a resumed run's)."""
+    from da2_platform.files import write_json_atomic
+
+    return write_json_atomic(path, {**result, "provenance": provenance(config, overrides, resolved)})
