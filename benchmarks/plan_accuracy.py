@@ -1,10 +1,10 @@
 """How close `da2 plan` comes to what a committed comparison spent: the plan of the comparison's own config,
 methods, seeds and budget, beside the search (and final-training) device-seconds the comparison recorded.
-Writes benchmarks/results/plan_accuracy.json with both, the ratio per method, whether each is within 25 %, and
-the commit, config and machine.
+Writes benchmarks/results/plan_accuracy.json (through `harness.write_result`: commit, config, machine) with both,
+the ratio per method and whether each is within 25 %.
 
 Rerunnable against whatever benchmarks/results/compare_cpu.json holds, in either of its formats: the pieces of
-issue 26's comparison (`provenance.config`; DA2 searched without a budget, the other methods under the seed's
+issue 26's comparison (`provenance.config_resolved`; DA2 searched without a budget, the other methods under the seed's
 largest budget, stopped within a step) or the earlier one (`config_resolved`; RL, Optuna and PBA under one
 budget, stopped at their first report past it). The config is the comparison's own, so a comparison rerun with
 new settings is planned with those settings.
@@ -18,22 +18,17 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from harness import write_result
+
 from da2_platform.config import ExperimentConfig
-from da2_platform.files import write_json_atomic
 from da2_platform.plan.planner import make_plan
 
 TOLERANCE = 0.25
-
-
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def spent(entries: list[dict], key: str = "device_seconds") -> dict[str, dict]:
@@ -111,7 +106,7 @@ def recorded_run(compare: dict) -> dict:
                 finals.append({"seed": int(seed), "method": ":".join(rest[:-1]), "device_seconds": piece["seconds"]})
         budgets = [s["budget"] for s in searches if s["budget"]]
         provenance = compare.get("provenance", {})
-        return {"config": provenance.get("config", {}), "label": provenance.get("config_path"),
+        return {"config": provenance.get("config_resolved") or {}, "label": provenance.get("config"),
                 "methods": compare["methods"], "seeds": sorted({s["seed"] for s in searches}),
                 "budget_device_hours": statistics.fmean(budgets) / 3600 if budgets else None,
                 "capped": {s["method"] for s in searches if s["budget"]}, "stop_at": "step",
@@ -137,7 +132,8 @@ def main() -> None:
     ran = recorded_run(compare)
     cfg, as_ran = recorded_config(ran["config"], args.workdir)
     seeds, budget, names = ran["seeds"], ran["budget_device_hours"], ran["names"]
-    cpus = int((ran["machine"] or {}).get("cpus") or os.cpu_count() or 1)
+    machine = ran["machine"] or {}
+    cpus = int(machine.get("cpus") or machine.get("cores") or os.cpu_count() or 1)
     methods = [names.get(m, m) for m in ran["methods"]]
     capped = {names.get(m, m) for m in ran["capped"]}
     runs = []
@@ -155,17 +151,11 @@ def main() -> None:
                      "train_step": plan.costs.train_step, "da2_step": plan.costs.da2_step,
                      "search_ratios": {m: v["ratio"] for m, v in searches.items()},
                      "final_ratios": {m: v["ratio"] for m, v in finals.items()}})
-    import torch
-
     result = {
-        "benchmark": "plan_accuracy",
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{args.out}")),
-        "config": ran["label"], "compare": args.compare, "compare_started": compare.get("started"),
-        "compare_machine": ran["machine"], "budget_capped": sorted(capped), "budget_stop": ran["stop_at"],
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                    "platform": platform.platform(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                    "load_average_1min": os.getloadavg()[0]},
+        "benchmark": "plan_accuracy", "compare": args.compare, "compare_config": ran["label"],
+        "compare_provenance": compare.get("provenance"), "compare_machine": ran["machine"],
+        "budget_capped": sorted(capped), "budget_stop": ran["stop_at"],
+        "load_average_1min": os.getloadavg()[0], "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "seeds": seeds, "budget_device_hours": budget, "planned_as": names,
         "config_as_ran": as_ran,
         "plan_seconds": plan_seconds, "costs": plan.costs.to_dict(), "sizes": plan.sizes.__dict__,
@@ -174,7 +164,7 @@ def main() -> None:
         "all_searches_within_25_percent": all(v["within_25_percent"] for v in searches.values()),
         "runs": runs,
     }
-    write_json_atomic(Path(args.out), result)
+    write_result(args.out, result, config=ran["label"], resolved=cfg.model_dump(mode="json"))
     for method, v in searches.items():
         print(f"{method:24s} planned {v['planned_device_hours']:.4f} device-h  spent {v['spent_device_hours']:.4f}"
               f"  ratio {v['ratio']:.2f}{'' if v['within_25_percent'] else '  OUTSIDE 25 %'}")
