@@ -180,9 +180,11 @@ def own_rows(cfg: ExperimentConfig, outcomes: list[SearchOutcome]) -> list[Ledge
 def run_compare_seeds(cfg: ExperimentConfig, methods: list[str], seeds: list[int] | None = None,
                       budget_device_hours: float | None = None, tracking_uri: str | None = None,
                       progress: Callable[[str], None] | None = None, fresh: bool = False,
-                      resume: bool = False, budgets: list[float] | None = None) -> CompareResult:
+                      resume: bool = False, budgets: list[float] | None = None,
+                      planned: dict[str, float] | None = None) -> CompareResult:
     """`run_compare` for each seed in turn on the same Ray session, under one MLflow parent run; then the
-    report (per method mean and spread across seeds) and its plot, written and attached to that run.
+    report (per method mean and spread across seeds, beside `planned` search device-hours per seed when given)
+    and its plot, written and attached to that run.
 
     `budgets` (multiples of the cheaper DA2 method's search cost): the yardstick instead (`run_budgets` per
     seed): final AP at each budget and the censored device-hours to DA2's AP, in the report's `yardstick`."""
@@ -220,7 +222,7 @@ def run_compare_seeds(cfg: ExperimentConfig, methods: list[str], seeds: list[int
                 client.set_tag(o.run_id, "mlflow.parentRunId", parent_id)
                 client.set_tag(o.run_id, "da2.seed", str(seed))
             runs.append(SeedRun(seed, seed_cfg.name, outcomes, finals, own_rows(seed_cfg, outcomes)))
-        report = build_seeds_report({r.seed: r.rows for r in runs}, cfg.name)
+        report = build_seeds_report({r.seed: r.rows for r in runs}, cfg.name, planned)
         json_path, png_path = write_seeds_report(cfg.workdir, cfg.name, report)
         if budget_runs:
             yardstick = seeds_yardstick(budget_runs, seeds)
@@ -260,7 +262,8 @@ def _log_spreads(client, run_id: str, report) -> None:
     metrics = []
     for m in report.methods:
         key = re.sub(r"[^A-Za-z0-9_\-./ ]", "_", m.method)
-        for name in ("final_ap", "final_ap_std", "search_device_hours", "device_hours_to_near_best",
+        for name in ("final_ap", "final_ap_std", "search_device_hours", "planned_search_device_hours",
+                     "device_hours_to_near_best",
                      "ratio_to_da2", "near_best_ratio_to_da2"):
             value = getattr(m, name)
             if value is not None and math.isfinite(value):

@@ -141,6 +141,7 @@ class MethodSpread:
     device_hours_to_near_best_std: float | None
     ratio_to_da2: float | None  # mean search device-hours / DA2's mean
     near_best_ratio_to_da2: float | None  # mean device-hours to near-best / DA2's mean
+    planned_search_device_hours: float | None = None  # `da2 plan`'s figure for one seed, made before the searches
 
 
 @dataclass
@@ -154,8 +155,8 @@ class SeedsReport:
     base_augment: list[dict] | None = None  # applied before every policy (train.base_augment), from the rows
 
     TABLE_COLUMNS: ClassVar[list[str]] = ["method", "seeds", "trials", "final AP", "final AP std", "best search-val AP",
-                     "search device-h", "search device-h std", "device-h to near-best", "near-best std",
-                     "ratio to DA2", "near-best ratio to DA2"]
+                     "planned device-h", "search device-h", "search device-h std", "device-h to near-best",
+                     "near-best std", "ratio to DA2", "near-best ratio to DA2"]
 
     def to_dict(self) -> dict:
         return {"experiment": self.experiment, "seeds": self.seeds, "near_best": NEAR_BEST,
@@ -169,7 +170,8 @@ class SeedsReport:
                    {int(seed): Report.from_dict(r) for seed, r in d["per_seed"].items()}, d.get("base_augment"))
 
     def table_rows(self) -> list[list]:
-        return [[m.method, m.seeds, m.trials, m.final_ap, m.final_ap_std, m.best_search_val_ap, m.search_device_hours,
+        return [[m.method, m.seeds, m.trials, m.final_ap, m.final_ap_std, m.best_search_val_ap,
+                 m.planned_search_device_hours, m.search_device_hours,
                  m.search_device_hours_std, m.device_hours_to_near_best, m.device_hours_to_near_best_std,
                  m.ratio_to_da2, m.near_best_ratio_to_da2] for m in self.methods]
 
@@ -180,8 +182,10 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def build_seeds_report(rows_by_seed: dict[int, list[LedgerRow]], experiment: str) -> SeedsReport:
-    """Each seed's rows (only that comparison's own trials and final trainings) -> the spread per method."""
+def build_seeds_report(rows_by_seed: dict[int, list[LedgerRow]], experiment: str,
+                       planned: dict[str, float] | None = None) -> SeedsReport:
+    """Each seed's rows (only that comparison's own trials and final trainings) -> the spread per method, beside
+    the planned search device-hours per seed (`da2 plan`) where given."""
     per_seed = {seed: build_report(rows, f"{experiment} seed {seed}") for seed, rows in rows_by_seed.items()}
     methods = sorted({m.method for r in per_seed.values() for m in r.methods}, key=_method_order)
     spreads = []
@@ -193,7 +197,8 @@ def build_seeds_report(rows_by_seed: dict[int, list[LedgerRow]], experiment: str
         hours, hours_std = _mean_std([m.search_device_hours for m in found])
         near, near_std = _mean_std([m.device_hours_to_near_best for m in found])
         spreads.append(MethodSpread(method, len(found), sum(m.trials for m in found) / len(found), final, final_std,
-                                    best, best_std, hours, hours_std, near, near_std, None, None))
+                                    best, best_std, hours, hours_std, near, near_std, None, None,
+                                    (planned or {}).get(method)))
     da2 = next((s for s in spreads if s.method == "da2"), None)
     for s in spreads:
         if da2 is not None and da2.search_device_hours > 0:

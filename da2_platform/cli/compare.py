@@ -57,10 +57,11 @@ def compare(
                             + [f"{name}-final"])
     check_tracking(resolve_tracking_uri(cfg, tracking_uri))
     check_shared_workdir(cfg.workdir, source)  # a multi-node job: every node sees it
+    planned = plan_first(cfg, methods, chosen_seeds, budget_device_hours, source, multiples)
     try:
         result = run_compare_seeds(cfg, chosen, chosen_seeds, budget_device_hours, tracking_uri,
                                    progress=lambda msg: console.print(f"[bold cyan]compare[/] {msg}"),
-                                   fresh=fresh, resume=resume, budgets=multiples)
+                                   fresh=fresh, resume=resume, budgets=multiples, planned=planned)
     except SearchInterrupted as e:
         raise SearchInterrupted(resume_hint(e, "compare", [
             ("--config", config), ("--methods", methods), ("--budget-device-hours", budget_device_hours),
@@ -83,6 +84,24 @@ def compare(
         print_table(f"{cfg.name}: cost and AP per method over seeds {', '.join(map(str, rep.seeds))}",
                     rep.TABLE_COLUMNS, rep.table_rows())
     console.print(f"report: {result.report_json}\nplot:   {result.report_png}\nMLflow run: {result.mlflow_run_id}")
+
+
+def plan_first(cfg, methods: str, seeds: list[int] | None, budget_device_hours: float | None,
+               label: str, budgets: list[float] | None = None) -> dict[str, float] | None:
+    """`da2 plan` of the comparison, printed before it starts (it asks nothing): the planned search device-hours
+    per method for the report, or None when no plan could be made (said, and the comparison goes on)."""
+    from da2_platform.cli.output import safe
+    from da2_platform.cli.plan_table import show_plan
+    from da2_platform.plan.planner import make_plan
+
+    try:
+        plan = make_plan(cfg, methods, budget_device_hours=budget_device_hours, budgets=budgets, seeds=seeds,
+                         config_label=label)
+    except Exception as e:  # noqa: BLE001 -- a plan is advice: a comparison does not fail for want of one
+        console.print(f"[yellow]plan[/] none: {safe(e)}")
+        return None
+    show_plan(plan)
+    return plan.search_device_hours()
 
 
 def _ap(entry: dict) -> str:

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from da2_platform.cli import compare, data, demo, evaluate, model_info, policy, promote, search, train
+from da2_platform.cli import compare, data, demo, evaluate, model_info, plan, policy, promote, search, train
 
 app = typer.Typer(
     name="da2",
@@ -24,6 +24,7 @@ app.command("train")(train.train)
 app.command("predict")(train.predict)
 app.command("search")(search.search)
 app.command("compare")(compare.compare)
+app.command("plan")(plan.plan)
 app.command("report")(compare.report)
 app.command("promote")(promote.promote)
 app.command("demo")(demo.demo)
