@@ -72,7 +72,7 @@ def _saved_config(result: dict) -> dict | None:
 
 def policies_for(cfg: ExperimentConfig, oracle: Path) -> dict[str, Policy]:
     out = {name: resolve_policy(name).policy for name in NAMED}
-    out["oracle"] = Policy.load(oracle) if hasattr(Policy, "load") else Policy.from_json(oracle.read_text())
+    out["oracle"] = Policy.load(oracle)
     space = DiscreteSpace()
     for i in range(RANDOM_POLICIES):
         out[f"random:{i}"] = random_policy(i, space)
