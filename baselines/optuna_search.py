@@ -37,13 +37,17 @@ def startup_trials(trials: int, given: int | None = None) -> int:
 
 
 def make_optuna_search(space: DiscreteSpace, seed: int, metric: str = "val_ap", mode: str = "max",
-                       n_startup_trials: int = 10) -> OptunaSearch:
-    """OptunaSearch with a seeded TPE sampler; the domains come from `optuna_param_space(space)` in the Tuner."""
+                       n_startup_trials: int = 10, points_to_evaluate: list[dict] | None = None) -> OptunaSearch:
+    """OptunaSearch with a seeded TPE sampler; the domains come from `optuna_param_space(space)` in the Tuner.
+
+    `points_to_evaluate` (decision configs, as `space.to_config` writes them) are tried first, in order.
+    """
     import optuna  # imported here: only this builder needs optuna's own classes
 
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
     study_name = f"discrete-{space.num_sub_policies}x{space.ops_per_sub_policy}-{len(space.op_names)}ops"
-    return OptunaSearch(metric=metric, mode=mode, sampler=sampler, study_name=study_name)
+    return OptunaSearch(metric=metric, mode=mode, sampler=sampler, study_name=study_name,
+                        points_to_evaluate=points_to_evaluate)
 
 
 def make_asha(metric: str = "val_ap", mode: str = "max", max_t: int = 10, grace_period: int = 1,

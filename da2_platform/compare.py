@@ -77,8 +77,9 @@ def run_compare(cfg: ExperimentConfig, methods: list[str], budget_device_hours: 
     own driver thread; their trials share the cluster's CPUs/GPUs as Ray schedules them), then the final
     trainings.
 
-    `budget_device_hours` caps every search (DA2 and the fixed policies too): it stops within one step of that
-    many device-hours (the ledger's unit, GPU-hours or CPU-hours), whatever else runs beside it.
+    `budget_device_hours` caps every search (DA2 and the fixed policies too): it stops within one step (and the
+    evaluation or set-up before it) of that many device-hours (the ledger's unit, GPU-hours or CPU-hours), whatever
+    else runs beside it.
     """
     say = progress or (lambda msg: None)
     budget_s = None if budget_device_hours is None else budget_device_hours * 3600

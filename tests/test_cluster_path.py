@@ -1,9 +1,9 @@
-"""The README's "Running on a Ray cluster", run for real on a two-node Ray 2.60 cluster started on one machine.
+"""docs/cluster.md's "Running on a Ray cluster", run for real on a two-node Ray 2.60 cluster started on one machine.
 
 Two `ray start` nodes with their own temp dirs (the worker with a custom resource and, where `unshare` works, its
 own mount namespace with one private folder), token authentication as Ray 2.60 does it (`ray get-auth-token
 --generate` into ~/.ray/auth_token of a HOME made for the test; every process runs with RAY_AUTH_MODE=token), a
-real `mlflow server` on 127.0.0.1 and the README's `ray job submit` lines with a tiny config, the test's
+real `mlflow server` on 127.0.0.1 and the page's `ray job submit` lines with a tiny config, the test's
 addresses and ports. Only loopback addresses are used (the nodes on 127.0.0.2: Ray rewrites 127.0.0.1 to the
 machine's routable address unless the cluster is one node). Every process the fixture started is stopped by PID;
 never a global `ray stop`, other Ray sessions may run on this machine.
@@ -66,9 +66,9 @@ search:
 # -- the README's commands ------------------------------------------------------------------------------------
 
 def readme_cluster_lines() -> list[str]:
-    """The shell lines of the cluster section's first bash block, continuation lines joined."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Running on a Ray cluster"):]
+    """The shell lines of docs/cluster.md's first bash block (the page the README links), continuation lines joined."""
+    text = (REPO / "docs" / "cluster.md").read_text()
+    section = text[text.index("# Running on a Ray cluster"):]
     section = section[:section.index("\n## ", 1)]
     block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)[1]
     return [" ".join(part.strip() for part in line.split("\\\n")) for line in re.split(r"(?<!\\)\n", block)

@@ -134,6 +134,8 @@ def test_a_real_pbt_run_explores_as_pba_does(ray_session, tmp_path):
     ops = [op for change in changes for op in change]
     kept = [op for op in ops if op[0]]
     assert len(kept) / len(ops) >= 0.6, ops  # op types survive most explore steps
-    assert sum(1 for _, dp, dm in kept if max(dp, dm) <= 3) / len(kept) >= 0.9, kept  # p/m move by a few bins
+    # p/m move by a few bins; a resample that draws the same type moves them anywhere, and a run has only a
+    # handful of explore steps, so the exact rates are the explorer's unit test above and here only most
+    assert sum(1 for _, dp, dm in kept if max(dp, dm) <= 3) / len(kept) >= 2 / 3, kept
     best = json.loads(best_schedule([{"metrics": dict(r.metrics)} for r in results]))
     assert len(best) == REPORTS > 1

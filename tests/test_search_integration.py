@@ -278,8 +278,10 @@ def test_compare_runs_the_searches_side_by_side_under_a_device_budget(synthpose_
     assert 1 <= len(rl) < 40
     spent = sum(r["device_seconds"] for r in rl)
     assert spent >= budget_s
-    per_step = max(r["device_seconds"] / max(r["steps"], 1) for r in rl if r["status"] == "completed")
-    assert spent <= budget_s + 2 * per_step, (spent, per_step)  # a step and the evaluation before it at most
+    # past the budget by at most what a trial spends before its next charge: a step and the evaluation before it,
+    # or, for a trial started just before the budget ran out, its set-up and first step; never another child
+    child = min(r["device_seconds"] for r in rl if r["status"] == "completed")
+    assert spent - budget_s < child, (spent, child)
     assert by_method["rl"]["search_device_hours"] == pytest.approx(spent / 3600)
     assert {r["method"] for r in rows if r["method"].startswith("final:")} == {"final:da2", "final:rl",
                                                                                 "final:fixed:none"}

@@ -104,24 +104,29 @@ def test_rl_searcher_drives_tune_and_survives_tuner_restore(ray_session, tmp_pat
 def test_optuna_search_with_asha_drives_a_tune_run(ray_session, tmp_path) -> None:
     param_space = optuna_param_space(SPACE)
     assert list(param_space) == SPACE.param_names()
+    # planted: the first two children are the best the space has (every op the target, magnitudes at the top), so
+    # ASHA's rung cutoff (their median) is above every later child and the rungs must stop some of them early
+    _, _, mags = SPACE.decisions_per_op()
+    best = [[TARGET_OP, 0, mags - 1 - k] * (len(SPACE.param_names()) // 3) for k in (0, 1)]
     tuner = Tuner(
         staged_child,
         param_space=param_space,
-        tune_config=TuneConfig(search_alg=make_optuna_search(SPACE, seed=0),
+        tune_config=TuneConfig(search_alg=make_optuna_search(SPACE, seed=0,
+                                                             points_to_evaluate=[SPACE.to_config(d) for d in best]),
                                scheduler=make_asha(max_t=4, grace_period=1, reduction_factor=2),
-                               num_samples=6, max_concurrent_trials=1),  # sequential: TPE and ASHA deterministic
+                               num_samples=8, max_concurrent_trials=1),  # sequential: TPE and ASHA deterministic
         run_config=RunConfig(name="optuna", storage_path=str(tmp_path), verbose=0),
     )
     results = tuner.fit()
 
-    assert len(results) == 6 and results.errors == []
+    assert len(results) == 8 and results.errors == []
     iterations = [result.metrics["training_iteration"] for result in results]
     assert max(iterations) == 4
     assert min(iterations) < 4, f"ASHA stopped no child early: {iterations}"
     for result in results:
         assert set(result.config) == set(SPACE.param_names())  # children receive the decision keys only
         SPACE.to_policy(SPACE.from_config(result.config))  # and every point decodes to a valid policy
-    assert len({tuple(SPACE.from_config(result.config)) for result in results}) == 6
+    assert len({tuple(SPACE.from_config(result.config)) for result in results}) == 8  # the planted two and six TPE draws
     limits = SPACE.decisions_per_op()
     for result in results:  # sampled bins are whole numbers in range, as ints (not floats or strings)
         for index, name in enumerate(SPACE.param_names()):

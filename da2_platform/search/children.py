@@ -115,16 +115,15 @@ def child_trainable(config: dict, settings: dict) -> None:
 
     from da2_platform.search.control import TrialBudget
 
-    started = TrialClock(gpus=0, cpus=0)  # the trial's start: set-up is charged (the clock below counts from it)
     cfg = ExperimentConfig.model_validate(settings["cfg"])
+    device = trial_device(cfg)
+    clock = trial_clock(cfg, device)  # from the trial's start: its set-up is charged
     budget = TrialBudget.for_this_trial()
     if budget is not None and not budget.charge(0.0):  # started after the budget ran out: no set-up either
-        tune.report({"step": 0, "complete": False, "budget_stop": True,
-                     **trial_clock(cfg, torch.device("cpu")).report()})
+        tune.report({"step": 0, "complete": False, "budget_stop": True, **clock.report()})
         return
     space = DiscreteSpace(**settings["space"]) if settings.get("space") else None
     limit_threads(cfg)
-    device = trial_device(cfg)
     # after a PBT explore the config holds the new policy; final trainings carry {"method", "policy_json"}
     fit = child_fit(cfg, settings, policy_from_trial_config(config.get("final", config), space), device)
     checkpoint = tune.get_checkpoint()
@@ -140,8 +139,6 @@ def child_trainable(config: dict, settings: dict) -> None:
             (Path(tmp) / CHECKPOINT_FILE).write_bytes(blob)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    clock = trial_clock(cfg, device)
-    clock.started, clock.start_time = started.started, started.start_time
     run_child(fit, settings, report, clock, budget)
 
 

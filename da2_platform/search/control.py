@@ -5,8 +5,9 @@ main thread, so the main thread flips `SearchControl.stop` and each Tuner sees i
 The budget is counted in the ledger's own unit: the device-seconds the search's trials use, charged whole
 (from the trial's start, set-up included). Every step a trial charges its spend to the search's
 `BudgetAccount` (a named Ray actor), and the first step that finds the account spent ends the trial with a last
-report, so a search stops within one step of its budget, not at its next report, and a trial stopped before its
-first report is charged what it used.
+report, so a search stops within one step of its budget (and the evaluation before that step, or the set-up of a
+trial that started just before the budget ran out), not at its next report, and a trial stopped before its first
+report is charged what it used.
 """
 
 from __future__ import annotations
