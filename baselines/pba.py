@@ -54,17 +54,39 @@ class PBAExplore:
         return min(max(moved, 0), bins - 1)
 
 
+class SeededPBT(PopulationBasedTraining):
+    """PBT whose exploit draws (which top trial a bottom trial clones) come from its own seeded stream.
+
+    Ray's PBT draws them from Python's global `random` and takes no seed. Seeding the global module would reach
+    everything else in the process (and another search's PBT in the same `da2 compare`), so this scheduler keeps
+    its own `random` state and swaps it in only while it decides. Another driver thread drawing from the global
+    `random` inside that window would share the stream; nothing in the platform's drivers does.
+    """
+
+    def __init__(self, seed: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._random_state = random.Random(seed).getstate()
+
+    def _checkpoint_or_exploit(self, *args, **kwargs):
+        outer = random.getstate()
+        random.setstate(self._random_state)
+        try:
+            return super()._checkpoint_or_exploit(*args, **kwargs)
+        finally:
+            self._random_state = random.getstate()
+            random.setstate(outer)
+
+
 def make_pba(space: DiscreteSpace, seed: int, metric: str = "val_ap", mode: str = "max",
              resample_probability: float = 0.2, max_shift: int = 3, quantile_fraction: float = 0.25,
              perturbation_interval: int = 3) -> tuple[PopulationBasedTraining, dict]:
     """The PBT scheduler with PBA's explore, and the Tuner's param_space of seeded random starting decisions."""
-    random.seed(seed)  # PBT picks exploit targets with Python's global `random`; it takes no seed of its own
-    pbt = PopulationBasedTraining(time_attr="training_iteration", metric=metric, mode=mode,
-                                  perturbation_interval=perturbation_interval,
-                                  # a child its search's budget stopped before its first evaluation reports no AP
-                                  require_attrs=False,
-                                  quantile_fraction=quantile_fraction,
-                                  custom_explore_fn=PBAExplore(space, seed, resample_probability, max_shift))
+    pbt = SeededPBT(seed, time_attr="training_iteration", metric=metric, mode=mode,
+                    perturbation_interval=perturbation_interval,
+                    # a child its search's budget stopped before its first evaluation reports no AP
+                    require_attrs=False,
+                    quantile_fraction=quantile_fraction,
+                    custom_explore_fn=PBAExplore(space, seed, resample_probability, max_shift))
     rng = torch.Generator().manual_seed(seed)
     sizes = space.decisions_per_op()
     start = {name: tune.sample_from(_seeded_choice(sizes[index % 3], rng))

@@ -12,10 +12,18 @@ Per seed (the seed draws the data, the splits, the init noise, the searchers and
    at a smaller budget of the same seed is not trained again.
 The summary (`da2_platform.yardstick`): per budget and method the mean and std of final AP over the seeds that
 reached that budget; `to_target`: each method's device-hours to the best DA2 method's 1x final AP - 0.005, "> B"
-when not reached within the largest budget B. Writes benchmarks/results/compare_cpu.json and .png:
+when not reached within the largest budget B.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_cpu.py --seeds 0 --multiples 1,3,10,30
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_cpu.py --seeds 1 2 --multiples 1,3,10
+Each piece is its own file, benchmarks/results/compare_cpu/<piece>.json (with its provenance), written atomically
+as the piece ends, so a killed run loses only the piece in flight and two processes may run different seeds. The
+summary, benchmarks/results/compare_cpu.json and .png, is rebuilt from every piece file after each piece (and by
+--summary-only). benchmarks/results/compare_cpu_previous.json is the previous comparison (same-style testbed, each
+method against its own best).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_cpu.py --seeds 0 1 2 --multiples 1,3,10
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_cpu.py --summary-only
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_cpu.py --seeds 0 --multiples 1,3,10,30 \
+        --out benchmarks/results/compare_cpu_30x.json      # a larger largest budget: its own searches
 """
 
 from __future__ import annotations
@@ -78,6 +86,22 @@ def summarise(pieces: dict, methods: list[str], seeds: list[int]) -> dict:
     return report
 
 
+def piece_file(key: str) -> str:
+    """`search:0:da2:score` -> `search_0_da2_score.json` (the key itself is kept inside the file)."""
+    return key.replace(":", "_") + ".json"
+
+
+def read_pieces(folder: Path) -> dict:
+    """Every piece file in `folder`, by its key (its provenance dropped: the file keeps it)."""
+    pieces = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        piece = json.loads(path.read_text())
+        key = piece.pop("key")
+        piece.pop("provenance", None)
+        pieces[key] = piece
+    return pieces
+
+
 def plot(report: dict, path: Path) -> None:
     import io
 
@@ -121,21 +145,29 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--multiples", default="1,3,10", help="budgets as multiples of DA2's search cost")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--summary-only", action="store_true", help="run nothing: summarise the pieces in --out")
-    parser.add_argument("--out", default="benchmarks/results/compare_cpu.json")
+    parser.add_argument("--summary-only", action="store_true", help="run nothing: summarise the piece files")
+    parser.add_argument("--out", default="benchmarks/results/compare_cpu.json",
+                        help="the summary; the pieces go in the folder of the same name without .json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     multiples = [float(m) for m in args.multiples.split(",")]
     methods = args.methods.split(",")
     base = load_config(args.config)
     out = Path(args.out)
-    previous = json.loads(out.read_text()) if out.is_file() else {}
-    pieces: dict = previous.get("pieces", {}) if previous.get("benchmark") == "compare_cpu" else {}
+    folder = out.with_suffix("")
+    pieces = read_pieces(folder)
+
+    def add(key: str, piece: dict) -> None:
+        """Write one piece's file (with its provenance), then the summary of every piece file there is."""
+        pieces[key] = piece
+        write_result(folder / piece_file(key), {"key": key, **piece}, args.config)
+        save()
 
     def save() -> dict:
+        pieces.update(read_pieces(folder))  # another process's seeds too
         seeds = sorted({int(k.split(":")[1]) for k in pieces})
         result = {"benchmark": "compare_cpu", "methods": methods, **summarise(pieces, methods, seeds),
-                  "pieces": pieces}
+                  "pieces": sorted(pieces), "pieces_folder": str(folder)}
         write_result(out, result, args.config, resolved=base.model_dump(mode="json"))
         if result.get("budgets"):
             plot(result, out.with_suffix(".png"))
@@ -150,18 +182,22 @@ def main() -> None:
             for method in [m for m in methods if m in DA2_METHODS]:  # first: the seed's unit
                 key = f"search:{seed}:{method}"
                 if key not in pieces:
-                    pieces[key] = run_one_search(cfg, method, None)
+                    add(key, run_one_search(cfg, method, None))
                     print(json.dumps({key: round(pieces[key]["device_seconds"], 1)}), flush=True)
-                    save()
             unit = cheaper_da2_cost({m: pieces[f"search:{seed}:{m}"]["device_seconds"] for m in DA2_METHODS
                                      if f"search:{seed}:{m}" in pieces})
             budgets = budgets_from(multiples, unit)
             for method in [m for m in methods if m not in DA2_METHODS]:
                 key = f"search:{seed}:{method}"
+                ran = (pieces.get(key) or {}).get("budget_device_seconds")
+                if ran is not None and ran < budgets[-1].device_seconds - 1e-6:
+                    raise SystemExit(f"error: {folder / piece_file(key)}: budget_device_seconds: the search ran "
+                                     f"under {ran:.0f} s, less than the {budgets[-1].multiple:g}x budget "
+                                     f"({budgets[-1].device_seconds:.0f} s); a larger largest multiple needs its "
+                                     f"own --out")
                 if key not in pieces:
-                    pieces[key] = run_one_search(cfg, method, budgets[-1].device_seconds)
+                    add(key, run_one_search(cfg, method, budgets[-1].device_seconds))
                     print(json.dumps({key: round(pieces[key]["device_seconds"], 1)}), flush=True)
-                    save()
             data = prepare_data(cfg)
             scored: dict[str, float] = {}  # policy JSON -> final AP, within this seed
             for budget in budgets:
@@ -173,17 +209,16 @@ def main() -> None:
                     rows = [LedgerRow(**r) for r in pieces[f"search:{seed}:{method}"]["rows"]]
                     policy, used = anytime_policy(method, rows, budget.device_seconds)
                     if policy is None:
-                        pieces[key] = {"val_ap": None, "trials_used": used, "why": "nothing returned yet"}
+                        add(key, {"val_ap": None, "trials_used": used, "why": "nothing returned yet"})
                     elif policy.to_json() in scored:
-                        pieces[key] = {"val_ap": scored[policy.to_json()], "trials_used": used,
-                                       "policy_json": policy.to_json(), "reused": True}
+                        add(key, {"val_ap": scored[policy.to_json()], "trials_used": used,
+                                  "policy_json": policy.to_json(), "reused": True})
                     else:
                         curve, seconds = final_training(cfg, data, policy)
-                        pieces[key] = {"val_ap": curve[-1]["val_ap"], "trials_used": used,
-                                       "policy_json": policy.to_json(), "seconds": round(seconds, 1)}
+                        add(key, {"val_ap": curve[-1]["val_ap"], "trials_used": used,
+                                  "policy_json": policy.to_json(), "seconds": round(seconds, 1)})
                         scored[policy.to_json()] = curve[-1]["val_ap"]
                     print(json.dumps({key: pieces[key]["val_ap"]}), flush=True)
-                    save()
     result = save()
     print(json.dumps({"budgets": [{"multiple": b["multiple"], "device_hours": b["device_hours"],
                                    "means": {m: v["final_ap_mean"] for m, v in b["methods"].items()}}

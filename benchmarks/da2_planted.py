@@ -6,8 +6,16 @@ sigma 2 px, occlusion: Cutout of half the crop width). A paired natural run uses
 batches, val crops (unshifted) and policy noise. If the d gradient is op-specific, the shifted op's p gains more in
 the planted run than in the natural one, and more than the other ops do.
 
-    .venv/bin/python benchmarks/da2_planted.py --seed 0 --shift rotate [--updates 600] --out F.json
+    .venv/bin/python benchmarks/da2_planted.py --seed 0 --shift rotate --method da2 [--updates 600] --out F.json
     .venv/bin/python benchmarks/da2_planted.py --seed 0 --shift rotate --snr 60 --out snr.json   # SNR mode
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_planted.py --sweep --seeds 0 1 2 3 4 \
+        --shifts rotate scale --methods da2 da2:score          # resumable: one file a (shift, method, seed)
+
+Both searches of a pair run DA2 as the platform does at its defaults: every unordered pair of the searched ops
+(no flip: it is the base augmentation), the base augmentation (HorizontalFlip p 0.5, seeded per step) on the train
+batch before the policy, a d step after every `policy_update_every`-th w step, the method's estimator (`da2`:
+relaxed, `da2:score`: score). The sweep writes each piece to benchmarks/results/da2_planted/ and the summary
+(z, rank and met per seed; their mean and spread per shift and method) to benchmarks/results/da2_planted.json.
 
 Writes {"shifted_op", "updates", "wall_seconds", "planted": {"ops": {OP: {"mean_p", "mean_m", "pi",
 "rank_by_p"}}}, "natural": {...}, "settings": {...}} (mean over the slots holding the op; pi = total weight of
@@ -39,13 +47,19 @@ from da2_platform.data.splits import write_search_split
 from da2_platform.data.synthpose import write_synthpose
 from da2_platform.data.topdown import TopDownDataset
 from da2_platform.search.bilevel import BilevelStep, ScoreStep
-from da2_platform.search.da2 import make_da2_step, make_policy_optimizer, policy_lr
+from da2_platform.search.da2 import (
+    DA2_METHODS,
+    da2_method_config,
+    make_da2_step,
+    make_policy_optimizer,
+    policy_lr,
+)
 from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
-from da2_platform.training.loop import build_model
+from da2_platform.training.loop import StepSeededAugment, augmentation_seed, build_model, training_policy
 from da2_platform.training.step import make_optimizer
 from pose_models.p2net import P2NetOutput
 from search_spaces.batch import PoseBatch
-from search_spaces.ops import OP_NAMES, apply_op
+from search_spaces.ops import OP_NAMES, apply_op, searched_op_names
 
 SHIFTS = {  # shift -> (op, magnitude m in [0, 1]); signed ops get a random sign per crop
     "rotate": ("Rotate", 40.0 / 45.0),
@@ -53,10 +67,10 @@ SHIFTS = {  # shift -> (op, magnitude m in [0, 1]); signed ops get a random sign
     "blur": ("GaussianBlur", 1.0),
     "occlusion": ("Cutout", 1.0),
 }
-SETTINGS = {  # the benchmark's fixed recipe (small enough for one CPU thread)
+SETTINGS = {  # the benchmark's fixed recipe (small enough for one CPU thread); DA2's own settings are its defaults
     "synth_train_images": 160, "data_seed": 0, "input_size": [64, 48], "batch_size": 16, "val_batch_size": 16,
     "model": "small",  # SmallPoseNet; or a ModelConfig dict, e.g. {"preset": "cpu-tiny"}
-    "w_lr": 1e-3, "sub_policies": 18, "ops_per_sub_policy": 2, "slot_design": "balanced",
+    "w_lr": 1e-3,
 }
 ESTIMATORS = {  # SNR mode: DA2Config overrides of each measured setting
     "relaxed": {"estimator": "relaxed", "normalise": True},
@@ -76,8 +90,7 @@ def experiment_config(seed: int, **da2) -> ExperimentConfig:
         "data": {"input_size": s["input_size"]},
         "model": s["model"] if isinstance(s["model"], dict) else {},
         "train": {"batch_size": s["batch_size"], "lr": s["w_lr"], "bf16": False},
-        "search": {"da2": {"sub_policies": s["sub_policies"], "ops_per_sub_policy": s["ops_per_sub_policy"],
-                           "slot_design": s["slot_design"], "val_batch_size": s["val_batch_size"], **da2}},
+        "search": {"da2": {"val_batch_size": s["val_batch_size"], **da2}},
     })
 
 
@@ -139,7 +152,8 @@ class Run:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.model = SmallPoseNet() if SETTINGS["model"] == "small" else build_model(cfg, 17)
-        slots = op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed, design=sc.slot_design)
+        slots = op_slots(sc.sub_policies, sc.ops_per_sub_policy, cfg.seed,
+                         op_names=searched_op_names(cfg.search.include_flip), design=sc.slot_design)
         self.policy = RelaxedPolicy(slots, flip_pairs, tau1=sc.tau1, tau2=sc.tau2, hard=sc.hard_choice)
         self.w_opt = make_optimizer(self.model, cfg.train)
         self.d_opt = make_policy_optimizer(self.policy, sc, sc.steps)
@@ -177,16 +191,40 @@ def batches(train: PoseBatch, val: PoseBatch, seed: int, batch: int, val_batch: 
         yield torch.tensor(rows), torch.tensor(rng.choice(len(val), size=val_batch, replace=False))
 
 
+class BaseAugment:
+    """The base augmentation as `DA2Search` applies it: seeded per step, heatmaps rendered after it."""
+
+    def __init__(self, cfg: ExperimentConfig, flip_pairs) -> None:
+        base = training_policy(None, cfg.train)
+        self.cfg = cfg
+        self.augment = None if base is None else StepSeededAugment(
+            base, flip_pairs, torch.device("cpu"), lambda step: augmentation_seed(cfg, step))
+
+    def __call__(self, batch: PoseBatch, step: int) -> PoseBatch:
+        if self.augment is None:
+            return batch
+        self.augment.step = step
+        with torch.no_grad():
+            out = self.augment(batch)
+        heatmaps, weights = render_heatmaps(out.keypoints, out.visible, self.cfg.data.input_size,
+                                            sigma=self.cfg.data.heatmap_sigma)
+        return PoseBatch(images=out.images, keypoints=out.keypoints, visible=weights, heatmaps=heatmaps)
+
+
 def paired_search(args, train, val_nat, val_pl, flip_pairs) -> dict:
-    cfg = experiment_config(args.seed, steps=args.updates, **args.da2)
+    cfg = planted_config(args)
     runs = {"planted": Run(cfg, flip_pairs), "natural": Run(cfg, flip_pairs)}
     vals = {"planted": val_pl, "natural": val_nat}
+    base = BaseAugment(cfg, flip_pairs)
+    every = cfg.search.da2.policy_update_every
     stream = batches(train, val_nat, args.seed, SETTINGS["batch_size"], SETTINGS["val_batch_size"])
     for step in range(args.updates):
         t_rows, v_rows = next(stream)
-        tb = train.select(t_rows)
+        tb = base(train.select(t_rows), step)  # the same base draws for both runs of the pair
+        update_d = step % every == 0  # as DA2Search: a d step after every `every`-th w step
         for name, run in runs.items():
-            run.step(tb, vals[name].select(v_rows), run.policy.sample_noise(len(tb), run.noise))
+            run.step(tb, vals[name].select(v_rows) if update_d else None,
+                     run.policy.sample_noise(len(tb), run.noise))
         if args.verbose and (step + 1) % 50 == 0:
             shifted_op = SHIFTS[args.shift][0]
             print(json.dumps({"step": step + 1, **{n: round(r.op_table()["ops"][shifted_op]["mean_p"], 4)
@@ -257,6 +295,11 @@ def snr_mode(args, train, val_nat, val_pl, flip_pairs) -> dict:
     return result
 
 
+def planted_config(args) -> ExperimentConfig:
+    """The pair's config: the method's estimator (the name decides), the run length, any --da2 overrides."""
+    return da2_method_config(experiment_config(args.seed, steps=args.updates, **args.da2), args.method)
+
+
 def verdict(result: dict) -> dict:
     """The issue's test: the shifted op's planted-minus-natural gain in mean p, against the other ops' gains
     (z in their standard deviations; met when z >= 2 and the op is in the planted run's top 3 by p)."""
@@ -271,12 +314,80 @@ def verdict(result: dict) -> dict:
             "met": bool(z >= 2 and rank <= 3)}
 
 
+def piece_name(shift: str, method: str, seed: int) -> str:
+    return f"{shift}_{method.replace(':', '-')}_s{seed}.json"
+
+
+def sweep_summary(folder: Path) -> dict:
+    """Per shift and method: z, rank and met per seed, and the mean and std of z over the seeds there are."""
+    table: dict = {}
+    for path in sorted(folder.glob("*.json")):
+        piece = json.loads(path.read_text())
+        entry = table.setdefault(piece["shift"], {}).setdefault(piece["method"], {"seeds": {}})
+        entry["seeds"][str(piece["settings"]["seed"])] = {k: piece["verdict"][k] for k in ("z", "rank_by_p", "met")}
+    for methods in table.values():
+        for entry in methods.values():
+            zs = [v["z"] for v in entry["seeds"].values()]
+            entry.update(z_mean=float(np.mean(zs)), z_std=float(np.std(zs, ddof=1)) if len(zs) > 1 else None,
+                         met=sum(v["met"] for v in entry["seeds"].values()), of=len(zs))
+    return table
+
+
+def run_sweep(args, parser) -> None:
+    """Every (shift, method, seed) piece missing from the folder, each written as it ends, then the summary."""
+    folder = Path(args.pieces)
+    for shift in args.shifts:
+        if shift not in SHIFTS:
+            parser.error(f"--shifts: {shift!r} is not one of {', '.join(sorted(SHIFTS))}")
+    for method in args.methods:
+        if method not in DA2_METHODS:
+            parser.error(f"--methods: {method!r} is not a DA2 method ({', '.join(DA2_METHODS)})")
+    summary_out = Path(args.out or "benchmarks/results/da2_planted.json")
+    for seed in args.seeds:
+        for shift in args.shifts:
+            for method in args.methods:
+                path = folder / piece_name(shift, method, seed)
+                if path.exists():
+                    continue
+                one = argparse.Namespace(**{**vars(args), "seed": seed, "shift": shift, "method": method})
+                result = one_run(one)
+                write_result(path, {"shift": shift, "method": method, **result})
+                print(json.dumps({"piece": path.name, **result["verdict"],
+                                  "wall_seconds": round(result["wall_seconds"])}), flush=True)
+                write_result(summary_out, {"benchmark": "da2_planted", "updates": args.updates,
+                                           "pieces_folder": str(folder), "summary": sweep_summary(folder)})
+    write_result(summary_out, {"benchmark": "da2_planted", "updates": args.updates, "pieces_folder": str(folder),
+                               "summary": sweep_summary(folder)})
+
+
+def one_run(args) -> dict:
+    start = time.perf_counter()
+    train, val_nat, flip_pairs = load_crops(Path(args.workdir))
+    val_pl = shifted(val_nat, args.shift, args.seed)
+    tables = paired_search(args, train, val_nat, val_pl, flip_pairs)
+    cfg_used = planted_config(args)
+    result = {"shifted_op": SHIFTS[args.shift][0], "updates": args.updates,
+              "wall_seconds": time.perf_counter() - start, **tables,
+              "settings": {**SETTINGS, "threads": args.threads, "seed": args.seed, "method": args.method,
+                           "base_augment": cfg_used.train.model_dump(mode="json")["base_augment"],
+                           "da2": cfg_used.search.da2.model_dump(mode="json"),
+                           "policy_lr_used": policy_lr(cfg_used.search.da2, args.updates)}}
+    result["verdict"] = verdict(result)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--shift", choices=sorted(SHIFTS), required=True)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--shift", choices=sorted(SHIFTS))
+    parser.add_argument("--method", default="da2", choices=list(DA2_METHODS))
     parser.add_argument("--updates", type=int, default=600)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", help="the result (the sweep: its summary, default benchmarks/results/da2_planted.json)")
+    parser.add_argument("--sweep", action="store_true", help="every --seeds x --shifts x --methods piece")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--shifts", nargs="*", default=["rotate", "scale"])
+    parser.add_argument("--methods", nargs="*", default=list(DA2_METHODS))
+    parser.add_argument("--pieces", default="benchmarks/results/da2_planted", help="the sweep's piece folder")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", default="work/bench-da2-planted")
     parser.add_argument("--snr", type=int, default=0, help="SNR mode: number of paired draws")
@@ -289,21 +400,17 @@ def main() -> None:
         parser.error("--updates must be at least 1")
     args.da2 = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.da2)}
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    train, val_nat, flip_pairs = load_crops(Path(args.workdir))
-    val_pl = shifted(val_nat, args.shift, args.seed)
+    if args.sweep:
+        run_sweep(args, parser)
+        return
+    if args.seed is None or args.shift is None or not args.out:
+        parser.error("--seed, --shift and --out are required without --sweep")
     if args.snr:
-        result = snr_mode(args, train, val_nat, val_pl, flip_pairs)
+        train, val_nat, flip_pairs = load_crops(Path(args.workdir))
+        result = snr_mode(args, train, val_nat, shifted(val_nat, args.shift, args.seed), flip_pairs)
         result["settings"] = {**SETTINGS, "threads": args.threads, "seed": args.seed}
     else:
-        tables = paired_search(args, train, val_nat, val_pl, flip_pairs)
-        cfg_used = experiment_config(args.seed, steps=args.updates, **args.da2).search.da2
-        result = {"shifted_op": SHIFTS[args.shift][0], "updates": args.updates,
-                  "wall_seconds": time.perf_counter() - start, **tables,
-                  "settings": {**SETTINGS, "threads": args.threads, "seed": args.seed,
-                               "da2": cfg_used.model_dump(mode="json"),
-                               "policy_lr_used": policy_lr(cfg_used, args.updates)}}
-        result["verdict"] = verdict(result)
+        result = one_run(args)
     write_result(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("planted", "natural", "settings")}))
 

@@ -3,13 +3,15 @@ methods, seeds and budget, beside the search (and final-training) device-seconds
 Writes benchmarks/results/plan_accuracy.json (through `harness.write_result`: commit, config, machine) with both,
 the ratio per method and whether each is within 25 %.
 
-Rerunnable against whatever benchmarks/results/compare_cpu.json holds, in either of its formats: the pieces of
-issue 26's comparison (`provenance.config_resolved`; DA2 searched without a budget, the other methods under the seed's
-largest budget, stopped within a step) or the earlier one (`config_resolved`; RL, Optuna and PBA under one
-budget, stopped at their first report past it). The config is the comparison's own, so a comparison rerun with
+Rerunnable against either format of a comparison: the pieces of issue 26's comparison
+(benchmarks/results/compare_cpu.json and its folder of piece files, `provenance.config_resolved`; DA2 searched
+without a budget, the other methods under the seed's largest budget, stopped within a step) or the earlier one
+(benchmarks/results/compare_cpu_previous.json, `config_resolved`; RL, Optuna and PBA under one budget, stopped at
+their first report past it). The config is the comparison's own, so a comparison rerun with
 new settings is planned with those settings.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/plan_accuracy.py [--compare benchmarks/results/compare_cpu.json]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/plan_accuracy.py --compare benchmarks/results/compare_cpu_previous.json
 """
 
 from __future__ import annotations
@@ -129,6 +131,10 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/plan_accuracy.json")
     args = parser.parse_args()
     compare = json.loads(Path(args.compare).read_text())
+    if isinstance(compare.get("pieces"), list):  # the summary lists its pieces: one file each, in the folder beside
+        from compare_cpu import read_pieces
+
+        compare["pieces"] = read_pieces(Path(args.compare).with_suffix(""))
     ran = recorded_run(compare)
     cfg, as_ran = recorded_config(ran["config"], args.workdir)
     seeds, budget, names = ran["seeds"], ran["budget_device_hours"], ran["names"]

@@ -95,3 +95,50 @@ def test_a_child_stops_within_one_step_of_the_budget_and_is_charged_its_time(syn
 
     assert ray.get(account.exhausted.remote())
     ray.kill(account)
+
+
+def test_a_da2_search_stops_within_one_step_of_the_budget_and_is_charged_its_time(synthpose_small, tmp_path,
+                                                                                  ray_session):
+    """DA2 is budgeted like every method: each step charges the trial; the first step past the budget ends it."""
+    from da2_platform.data.topdown import TopDownDataset
+    from da2_platform.search.control import TrialBudget, open_account
+    from da2_platform.search.da2 import DA2Search, run_da2
+    from da2_platform.search.trial import TrialClock
+
+    cfg = load_config(None, {"workdir": str(tmp_path), "train.batch_size": 8, "data.synth_seed": 0,
+                             "search.da2.steps": 200, "search.da2.sub_policies": 6})
+    size = cfg.data.input_size
+    paths = synthpose_small
+    settings = {"train_annotations": str(paths.train_annotations), "train_images": str(paths.train_images),
+                "eval_annotations": str(paths.val_annotations), "eval_images": str(paths.val_images)}
+    clock = TrialClock(gpus=0, cpus=1)  # started before the set-up, which is charged
+    search = DA2Search(cfg, TopDownDataset(paths.train_annotations, paths.train_images, input_size=size),
+                       TopDownDataset(paths.val_annotations, paths.val_images, input_size=size), torch.device("cpu"))
+    setup = clock.report()["device_seconds"]
+    budget_s = setup + 2.0  # a few steps after the set-up: far fewer than 200
+    account = open_account(f"test-da2-{tmp_path.name}", budget_s)
+    reports: list[tuple[dict, bool]] = []
+
+    class Recorded(TrialBudget):
+        charges: ClassVar[list[float]] = []
+
+        def charge(self, device_seconds: float) -> bool:
+            self.charges.append(device_seconds)
+            return super().charge(device_seconds)
+
+    budget = Recorded(account, "d0")
+    run_da2(search, settings, lambda metrics, checkpoint: reports.append((metrics, checkpoint)), clock, budget)
+    last, checkpointed = reports[-1]
+    assert last["budget_stop"] and not last["complete"] and not checkpointed
+    assert "policy_json" not in last  # stopped before its end: no policy returned
+    steps = last["step"]
+    assert 1 <= steps < 200 and search.state["step"] == steps
+    charges = budget.charges
+    assert len(charges) == steps and charges[-2] < budget_s <= charges[-1]  # the first step past the budget
+    last_step = charges[-1] - charges[-2]
+    assert last["device_seconds"] <= budget_s + last_step + 0.05, (last["device_seconds"], budget_s, last_step)
+    assert charges[0] >= setup  # the set-up is charged
+    import ray
+
+    assert ray.get(account.exhausted.remote())
+    ray.kill(account)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 
 import pytest
 from ray.tune.schedulers import PopulationBasedTraining
 
-from baselines.pba import PBAExplore, best_schedule, make_pba
+from baselines.pba import PBAExplore, SeededPBT, best_schedule, make_pba
 from search_spaces.discrete import DiscreteSpace
 
 
@@ -77,6 +78,26 @@ def test_make_pba_uses_pbas_explore_not_list_mutations():
     pbt, _ = make_pba(DiscreteSpace(num_sub_policies=2, ops_per_sub_policy=2), seed=0)
     assert isinstance(pbt._custom_explore_fn, PBAExplore)
     assert not pbt._hyperparam_mutations  # PBT's own list mutations would shift op types to their registry neighbour
+
+
+def test_pbt_exploit_draws_come_from_the_seed_and_leave_the_global_random_alone(monkeypatch):
+    outer = random.getstate()
+    make_pba(DiscreteSpace(num_sub_policies=2, ops_per_sub_policy=2), seed=5)
+    assert random.getstate() == outer  # building PBA seeds nothing global
+    # Ray's PBT picks the trial to clone with random.choice inside _checkpoint_or_exploit: stand in for its body
+    monkeypatch.setattr(PopulationBasedTraining, "_checkpoint_or_exploit", lambda self: random.choice(range(10**6)))
+
+    def draws(seed: int) -> list[int]:
+        pbt = SeededPBT(seed, metric="val_ap", mode="max", custom_explore_fn=dict)
+        return [pbt._checkpoint_or_exploit() for _ in range(5)]
+
+    first = draws(5)
+    random.random()  # the global stream moving between two searches changes nothing
+    assert draws(5) == first and draws(6) != first
+    assert len(set(first)) == 5  # the stream advances across decisions
+    state = random.getstate()
+    draws(5)
+    assert random.getstate() == state
 
 
 SMALL = DiscreteSpace(num_sub_policies=2, ops_per_sub_policy=2)

@@ -13,6 +13,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -46,6 +47,9 @@ from da2_platform.training.step import (
 from pose_models.losses import P2NetLoss
 from search_spaces.batch import PoseBatch
 from search_spaces.ops import searched_op_names
+
+if TYPE_CHECKING:
+    from da2_platform.search.control import TrialBudget
 
 STATE_FILE = "da2_state.pt"
 
@@ -250,7 +254,6 @@ def da2_trainable(config: dict, settings: dict) -> None:
     from da2_platform.search.control import TrialBudget
 
     cfg = ExperimentConfig.model_validate(settings["cfg"]).model_copy(update={"seed": int(config["seed"])})
-    sc = cfg.search.da2
     # started before the set-up (model, data, the relaxed policy), which is charged to the trial too
     clock = TrialClock(gpus=cfg.search.gpus_per_trial if torch.cuda.is_available() and cfg.search.gpus_per_trial
                        else 0, cpus=cfg.search.cpus_per_trial)
@@ -267,15 +270,35 @@ def da2_trainable(config: dict, settings: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             search.load(Path(d) / STATE_FILE)
-    resumed_from = search.state["step"]
     clock.previous_wall = search.state["wall"]
+
+    def report(metrics: dict, checkpoint: bool) -> None:
+        if not checkpoint:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            search.save(Path(tmp) / STATE_FILE, clock.wall())
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    run_da2(search, settings, report, clock, budget)
+
+
+def run_da2(search: DA2Search, settings: dict, report: Callable[[dict, bool], None], clock: TrialClock,
+            budget: TrialBudget | None = None) -> None:
+    """Step `search` to its end: a report with a checkpoint every `checkpoint_every` steps, and at the end with the
+    search-val AP, the learned policy and the curves (`report(metrics, checkpoint)`).
+
+    With a `budget`, every step charges the trial's spend; the first step past the search's budget ends the trial
+    with a last report (`budget_stop`, charged what it used, no policy returned)."""
+    cfg, device = search.cfg, search.device
+    sc = cfg.search.da2
+    resumed_from = search.state["step"]
     while not search.done:
         stats = search.step()
         step = search.state["step"]
         if budget is not None and not budget.charge(clock.report()["device_seconds"]):
-            # the search's budget is spent within this step: charged what it used, no policy returned
-            tune.report({"step": step, "train_loss": stats.train_loss, "complete": False, "budget_stop": True,
-                         "resumed_from_step": resumed_from, **clock.report()})
+            report({"step": step, "train_loss": stats.train_loss, "complete": False, "budget_stop": True,
+                    "resumed_from_step": resumed_from, **clock.report()}, False)
             return
         if step % sc.checkpoint_every and not search.done:
             continue
@@ -292,9 +315,7 @@ def da2_trainable(config: dict, settings: dict) -> None:
             if sc.one_pass:  # the network is the trained model: scored on val, which the search never used
                 metrics["one_pass_val_ap"] = ap_on("holdout")
         metrics.update(clock.report())  # evaluation time counts too
-        with tempfile.TemporaryDirectory() as tmp:
-            search.save(Path(tmp) / STATE_FILE, clock.wall())
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        report(metrics, True)
 
 
 # the two DA2 methods, named apart everywhere (search, compare, report, ledger, registry), and their estimators:
