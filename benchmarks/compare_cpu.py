@@ -2,7 +2,7 @@
 device-hours to a common target, over seeds. Resumable in pieces; each piece is written to --out as it ends.
 
 Per seed (the seed draws the data, the splits, the init noise, the searchers and PBA's exploration):
-1. `search:<seed>:da2`, `search:<seed>:da2:score`: each DA2 method's search (its ledger rows); the cheaper one's
+1. `search:<seed>:da2`, `search:<seed>:da2:score`: each DA2 method's search (its ledger rows); the costlier one's
    device-seconds is the seed's unit.
 2. `search:<seed>:<method>` for the baselines and fixed policies: one search each under the seed's largest budget
    (its largest multiple x the unit), stopped within one step of it (`search.control`).
@@ -44,7 +44,7 @@ from da2_platform.files import write_bytes_atomic
 from da2_platform.ledger import LedgerRow
 from da2_platform.search.anytime import anytime_policy
 from da2_platform.search.children import final_training
-from da2_platform.yardstick import DA2_METHODS, budgets_from, cheaper_da2_cost, yardstick_report
+from da2_platform.yardstick import DA2_METHODS, budgets_from, da2_unit_cost, yardstick_report
 
 METHODS = ["da2", "da2:score", "rl", "optuna", "pba", "fixed:none", "fixed:standard-pose"]
 
@@ -69,7 +69,7 @@ def summarise(pieces: dict, methods: list[str], seeds: list[int]) -> dict:
     for seed in seeds:
         costs = {m: pieces[f"search:{seed}:{m}"]["device_seconds"] for m in DA2_METHODS
                  if f"search:{seed}:{m}" in pieces}
-        unit = cheaper_da2_cost(costs)
+        unit = da2_unit_cost(costs)
         if unit:
             per_seed_unit[seed] = unit
     multiples = sorted({float(k.split(":")[-1]) for k in pieces if k.startswith("final:")})
@@ -82,7 +82,7 @@ def summarise(pieces: dict, methods: list[str], seeds: list[int]) -> dict:
                     for b in budgets] for m in methods}
     report = yardstick_report(budgets, final_ap, list(per_seed_unit))
     report["units"] = {str(s): round(u, 1) for s, u in per_seed_unit.items()}
-    report["unit"] = "device-seconds of the cheaper DA2 method's search, per seed; budgets use their mean"
+    report["unit"] = "device-seconds of the costlier DA2 method's search, per seed; budgets use their mean"
     return report
 
 
@@ -184,7 +184,7 @@ def main() -> None:
                 if key not in pieces:
                     add(key, run_one_search(cfg, method, None))
                     print(json.dumps({key: round(pieces[key]["device_seconds"], 1)}), flush=True)
-            unit = cheaper_da2_cost({m: pieces[f"search:{seed}:{m}"]["device_seconds"] for m in DA2_METHODS
+            unit = da2_unit_cost({m: pieces[f"search:{seed}:{m}"]["device_seconds"] for m in DA2_METHODS
                                      if f"search:{seed}:{m}" in pieces})
             budgets = budgets_from(multiples, unit)
             for method in [m for m in methods if m not in DA2_METHODS]:

@@ -138,12 +138,12 @@ class BudgetRun:
 
 def run_budgets(cfg: ExperimentConfig, methods: list[str], multiples: list[float], tracking_uri: str | None,
                 say: Callable[[str], None], fresh: bool = False, resume: bool = False) -> BudgetRun:
-    """The yardstick for one seed: the DA2 methods first (the cheaper one's cost is the unit), then every other
+    """The yardstick for one seed: the DA2 methods first (the costlier one's cost is the unit), then every other
     method under the largest budget; at each budget each method's anytime policy is trained with the final
     recipe and scored on val (the same policy is trained once)."""
     from da2_platform.errors import ConfigError
     from da2_platform.search.anytime import anytime_policy
-    from da2_platform.yardstick import DA2_METHODS, budgets_from, cheaper_da2_cost
+    from da2_platform.yardstick import DA2_METHODS, budgets_from, da2_unit_cost
 
     chosen = expand_methods(methods, cfg)
     da2s = [m for m in chosen if m in DA2_METHODS]
@@ -151,7 +151,7 @@ def run_budgets(cfg: ExperimentConfig, methods: list[str], multiples: list[float
         raise ConfigError("--budgets: the budgets are multiples of DA2's search cost; --methods needs da2 or "
                           "da2:score (or give --budget-device-hours)")
     first = run_searches(cfg, da2s, None, tracking_uri, say, fresh, resume)
-    unit = cheaper_da2_cost({o.method: o.device_seconds for o in first})
+    unit = da2_unit_cost({o.method: o.device_seconds for o in first})
     budgets = budgets_from(multiples, unit)
     say(f"budgets: {', '.join(f'{b.multiple:g}x' for b in budgets)} of DA2's {unit / 3600:.4f} device-hours")
     rest = [m for m in chosen if m not in da2s]
@@ -187,7 +187,7 @@ def run_compare_seeds(cfg: ExperimentConfig, methods: list[str], seeds: list[int
     report (per method mean and spread across seeds, beside `planned` search device-hours per seed when given)
     and its plot, written and attached to that run.
 
-    `budgets` (multiples of the cheaper DA2 method's search cost): the yardstick instead (`run_budgets` per
+    `budgets` (multiples of the costlier DA2 method's search cost): the yardstick instead (`run_budgets` per
     seed): final AP at each budget and the censored device-hours to DA2's AP, in the report's `yardstick`."""
     from da2_platform.report import build_seeds_report, write_seeds_report
     from da2_platform.tracking import mlflow_client, resolve_tracking_uri, setup_tracking

@@ -1,7 +1,7 @@
 """The comparison's yardstick: final AP at equal budgets, and censored device-hours to a common target.
 
 Every method searches under one budget in the ledger's device-seconds. At cumulative budgets of 1x, 3x, 10x, 30x
-the cheaper DA2 method's measured search cost (or absolute device-hours), each method's anytime policy (what it
+the costlier DA2 method's measured search cost (or absolute device-hours), each method's anytime policy (what it
 would have returned had it been stopped then, `search.anytime`) is retrained with the final recipe and scored on
 val; those trainings cost no search. A method that finished before a budget keeps its final policy there; one that
 had returned nothing yet (a DA2 search still running) has no AP there. Per method and budget: the mean and std of
@@ -24,7 +24,7 @@ TARGET_MARGIN = 0.005  # the target is DA2's final AP minus this (half an AP poi
 
 @dataclass(frozen=True)
 class Budget:
-    multiple: float | None  # of the cheaper DA2 method's search cost; None for an absolute budget
+    multiple: float | None  # of the costlier DA2 method's search cost; None for an absolute budget
     device_seconds: float
 
     @property
@@ -44,10 +44,13 @@ def budgets_from(multiples: Sequence[float] | None, da2_cost_s: float | None,
     return [Budget(float(m), float(m) * da2_cost_s) for m in sorted(multiples)]
 
 
-def cheaper_da2_cost(costs: dict[str, float]) -> float | None:
-    """The unit of the multiples: the cheaper DA2 method's search device-seconds (of those that ran)."""
+def da2_unit_cost(costs: dict[str, float]) -> float | None:
+    """The unit of the multiples: the costlier DA2 method's search device-seconds (of those that ran).
+
+    So every DA2 method has its policy at 1x, and the baselines get the larger of the two budgets: the unit that
+    is harder on DA2's claims."""
     found = [costs[m] for m in DA2_METHODS if costs.get(m)]
-    return min(found) if found else None
+    return max(found) if found else None
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:

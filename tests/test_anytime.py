@@ -80,6 +80,24 @@ def test_the_anytime_policy_uses_only_trials_ended_by_the_budget():
     assert anytime_policy("da2", [Row("9", 0, 100, ap=0.5)], budget=50)[0] is None  # DA2 before it finished
 
 
+@dataclass
+class Unstarted(Row):
+    """A trial the search's stopper ended before its first report: the ledger has no start time for it."""
+
+    @property
+    def start_time(self) -> str:
+        return ""
+
+
+def test_a_trial_stopped_before_it_started_spent_nothing_and_returns_nothing():
+    rows = [Row("1", 0, 10, ap=0.1), Row("2", 10, 20, ap=0.3), Unstarted("3", 20, 20, ap=0.0)]
+    assert spend_at(rows, 30) == pytest.approx(20)
+    policy, used = anytime_policy("rl", rows, budget=15)
+    assert used == ["1"] and policy is not None
+    policy, used = anytime_policy("optuna", rows, budget=100)
+    assert policy.name == "t2" and used == ["1", "2"]
+
+
 def test_time_to_target_is_censored_when_never_reached():
     assert to_target([(0.1, 0.05), (0.3, 0.12), (1.0, 0.2)], target=0.1).device_hours == 0.3
     censored = to_target([(0.1, 0.05), (0.3, 0.06), (1.0, None)], target=0.1)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from da2_platform.yardstick import budgets_from, cheaper_da2_cost, yardstick_report
+from da2_platform.yardstick import budgets_from, da2_unit_cost, yardstick_report
 
 
-def test_budgets_are_multiples_of_the_cheaper_da2_methods_cost():
-    unit = cheaper_da2_cost({"da2": 300.0, "da2:score": 200.0, "rl": 5.0})
-    assert unit == 200.0
+def test_budgets_are_multiples_of_the_costlier_da2_methods_cost():
+    unit = da2_unit_cost({"da2": 300.0, "da2:score": 200.0, "rl": 5.0})
+    assert unit == 300.0  # both DA2 methods have their policy at 1x; the baselines get the larger budget
     budgets = budgets_from([3, 1, 10], unit)
-    assert [b.multiple for b in budgets] == [1, 3, 10] and budgets[2].device_seconds == 2000.0
+    assert [b.multiple for b in budgets] == [1, 3, 10] and budgets[2].device_seconds == 3000.0
     assert budgets_from(None, None, device_hours=[0.5])[0].device_seconds == 1800.0
     with pytest.raises(ValueError, match="DA2"):
         budgets_from([1], None)

@@ -23,7 +23,7 @@ def compare(
     seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2: every method runs "
                                      "once per seed (default: the config's seed); the report gives means and "
                                      "spreads."),
-    budgets: str | None = typer.Option(None, "--budgets", help="Comma-separated multiples of the cheaper DA2 "
+    budgets: str | None = typer.Option(None, "--budgets", help="Comma-separated multiples of the costlier DA2 "
                                        "method's search cost, e.g. 1,3,10,30: DA2 runs first, every other method "
                                        "under the largest budget, and each method's anytime policy at each budget "
                                        "is trained and scored (final AP at equal budgets)."),

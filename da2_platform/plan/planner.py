@@ -99,7 +99,7 @@ def make_plan(cfg: ExperimentConfig, methods: str, source: str = "auto", budget_
     plans: dict[str, MethodPlan] = {}
     budget_rows: list[dict] = []
     if budgets:
-        reference = min(price(works[m], costs, sizes, resources).unbudgeted_device_seconds
+        reference = max(price(works[m], costs, sizes, resources).unbudgeted_device_seconds
                         for m in chosen if m in DA2_METHODS)
         levels = sorted(set(budgets))
         for m, w in works.items():
@@ -150,7 +150,7 @@ def assumptions(plan: Plan, capped: set[str], cfg: ExperimentConfig, stop_at: st
                 "half a step per running trial more on average")
         out.append(f"a budget caps {', '.join(sorted(capped))}; {rule}")
     if plan.budgets:
-        out.append("--budgets: multiples of the cheaper DA2 method's planned cost; a capped method's anytime policy "
+        out.append("--budgets: multiples of the costlier DA2 method's planned cost; a capped method's anytime policy "
                    "is retrained at each budget where it can differ")
     if plan.seeds > 1:
         out.append(f"figures per method are per seed; the comparison runs its {plan.seeds} seeds one after "

@@ -65,8 +65,14 @@ class Span:
     rate: float  # device-seconds per second while it ran (the devices it held)
 
 
+def _started(rows: Sequence[TrialRow]) -> list[TrialRow]:
+    """The trials that ran: one the search stopped before it made a report has no start and spent nothing."""
+    return [r for r in rows if r.start_time]
+
+
 def _spans(rows: Sequence[TrialRow]) -> list[Span]:
-    """Each trial's run, in seconds since the search's first trial started."""
+    """Each started trial's run, in seconds since the search's first trial started."""
+    rows = _started(rows)
     out = []
     origin = min((_seconds(r.start_time) for r in rows), default=0.0)
     for r in rows:
@@ -100,6 +106,7 @@ def anytime_policy(method: str, rows: Sequence[TrialRow], budget: float, top_chi
     """What the search would have returned had it been stopped at `budget` device-seconds, and the trials that
     rule used: its rule over the trials that had ended by then. A search that spent less than `budget` in all
     returns its final policy. None: nothing had ended yet (a DA2 search before its one trial finished)."""
+    rows = _started(rows)
     t = time_at_spend(rows, budget)
     ends = [s.end for s in _spans(rows)]
     ended = list(rows) if t is None else [r for r, end in zip(rows, ends) if end <= t + 1e-6]
