@@ -20,7 +20,7 @@ summary, benchmarks/results/compare_cpu.json and .png, is rebuilt from every pie
 --summary-only). benchmarks/results/compare_cpu_previous.json is the previous comparison (same-style testbed, each
 method against its own best).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_cpu.py --seeds 0 1 2 --multiples 1,3,10
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_cpu.py --seeds 0 1 2 --multiples 1,3,8
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_cpu.py --summary-only
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_cpu.py --seeds 0 --multiples 1,3,10,30 \
         --out benchmarks/results/compare_cpu_30x.json      # a larger largest budget: its own searches
@@ -131,7 +131,8 @@ def plot(report: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("search budget, device-hours (log)")
     ax.set_ylabel("final val AP (mean, band: std over seeds)")
-    ax.set_title("Final AP at equal budgets (CPU target testbed)")
+    seeds = ", ".join(str(s) for s in report.get("seeds", []))
+    ax.set_title(f"Final AP at equal budgets (CPU target testbed, seeds {seeds})")
     ax.legend(fontsize=8)
     buf = io.BytesIO()
     fig.tight_layout()
@@ -143,7 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/bench_cpu.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--multiples", default="1,3,10", help="budgets as multiples of DA2's search cost")
+    parser.add_argument("--multiples", default="1,3,8", help="budgets as multiples of DA2's search cost")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--summary-only", action="store_true", help="run nothing: summarise the piece files")
     parser.add_argument("--out", default="benchmarks/results/compare_cpu.json",

@@ -6,7 +6,9 @@ On the CPU benchmark config (cpu-tiny P2Net from the warm start, the lowlight ta
 search-val batch, policy noise):
 - `exact`: Eq. 11, -zeta * grad_d [grad_w L_train(w, d) . grad_w' L_val(w')], by double backward, w' the weights
   after the real w step (Adam, as the search runs it: Eq. 10's SGD step is the paper's model of it);
-- `central` and `forward`: Eq. 12 and its one-sided form as `BilevelStep.hypergradient` computes them;
+- `central` and `forward`: Eq. 12 and its one-sided form as `BilevelStep.hypergradient` computes them, at the
+  paper's eps = 0.01 / ||grad_w' L_val|| and at the other `--fd-scales` (a smaller eps shrinks the truncation
+  error of a smooth loss; where it does not help, the loss is not smooth along that direction);
 - per draw: the cosine of each to `exact` over all d parameters and per group (pi, p, m), the norm ratio, the
   share of p entries whose sign agrees, and the RMS of `exact` (against Adam's eps 1e-8: why `normalise`);
 - across draws of a seed: the mean pairwise cosine of the exact hypergradients (1: every draw points the same way,
@@ -60,18 +62,22 @@ def noise_to(noise, dtype):
     return out
 
 
-def one_draw(search: DA2Search, train, val, noise) -> dict:
-    """Exact, central and forward hypergradients at the search's current state; the state is left as it was."""
+def one_draw(search: DA2Search, train, val, noise, fd_scales: list[float]) -> dict:
+    """Exact, central and forward hypergradients at the search's current state (the finite differences at each
+    eps scale, the paper's 0.01 first); the state is left as it was."""
     step = search.step_fn
     model_state = copy.deepcopy(search.model.state_dict())
     w_opt_state = copy.deepcopy(search.w_opt.state_dict())
     w_before = [p.detach().clone() for p in step.weights]
     _, d_at_w = step.w_step(train, noise, keep_d_grad=True)
     out = {}
-    for mode in ("central", "forward"):
-        step.mode = mode
-        hyper, _, _ = step.hypergradient(train, val, noise, w_before, d_at_w)
-        out[mode] = [h.detach().clone() for h in hyper]
+    for scale in fd_scales:
+        step.fd_scale = scale
+        for mode in ("central", "forward"):
+            step.mode = mode
+            hyper, _, _ = step.hypergradient(train, val, noise, w_before, d_at_w)
+            out[mode if scale == fd_scales[0] else f"{mode}@{scale:g}"] = [h.detach().clone() for h in hyper]
+    step.fd_scale = fd_scales[0]
     # exact: -zeta * d/dd [ grad_w L_train(w, d) . grad_w' L_val(w') ]
     buffers = _save_buffers(search.model)
     g_val = torch.autograd.grad(step.val_loss(search.model, val), step.weights, allow_unused=True)
@@ -102,6 +108,8 @@ def compare_draw(grads: dict, names: list[str]) -> dict:
         p_index = names.index("p")
         a, e = grads[mode][p_index].flatten(), grads["exact"][p_index].flatten()
         row[mode]["p_sign_agreement"] = float(((a > 0) == (e > 0)).double().mean())
+    for key in [k for k in grads if "@" in k]:  # the other eps scales: their cosine to exact
+        row.setdefault("other_eps_scales", {})[key] = cosine(flat(grads[key]), exact)
     return row
 
 
@@ -111,13 +119,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--draws", type=int, default=4)
     parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
+    parser.add_argument("--fd-scales", type=float, nargs="+", default=[0.01, 0.001, 0.1],
+                        help="eps = scale / ||grad_w' L_val||; the first is the one reported as central/forward")
     parser.add_argument("--out", default="benchmarks/results/da2_hypergradient.json")
     args = parser.parse_args()
     if args.draws < 2:
         parser.error("--draws must be at least 2 (the signal is measured across draws)")
     torch.set_num_threads(1)
     base = da2_method_config(load_config(args.config), "da2")
-    result: dict = {"benchmark": "da2_hypergradient", "draws": args.draws, "runs": {}}
+    result: dict = {"benchmark": "da2_hypergradient", "draws": args.draws, "fd_scales": args.fd_scales, "runs": {}}
     for seed, dtype_name in itertools.product(args.seeds, args.dtypes):
         start = time.perf_counter()
         dtype = getattr(torch, dtype_name)
@@ -140,7 +150,12 @@ def main() -> None:
                              dtype)
             val = to_dtype(with_targets(next(search.val_stream), cfg, torch.device("cpu")), dtype)
             noise = noise_to(search.policy.sample_noise(train.images.shape[0], search.generator), dtype)
-            grads = one_draw(search, train, val, noise)
+            if index == 0:  # the whole computation runs in the dtype (a loss cast to float32 would hide float64)
+                with torch.no_grad():
+                    loss_dtype = search.step_fn.loss(search.model, search.policy(train, noise)).dtype
+                if loss_dtype != dtype:
+                    raise SystemExit(f"error: the {dtype_name} run computes its loss in {loss_dtype}")
+            grads = one_draw(search, train, val, noise, args.fd_scales)
             draws.append(flat(grads["exact"]))
             rows.append(compare_draw(grads, names))
             print(json.dumps({"seed": seed, "dtype": dtype_name, "draw": index,
@@ -149,7 +164,10 @@ def main() -> None:
         stacked = torch.stack(draws)
         pairwise = [cosine(a, b) for a, b in itertools.combinations(draws, 2)]
         mean, sem = stacked.mean(0), stacked.std(0, unbiased=True) / np.sqrt(len(draws))
+        scales = sorted({k for r in rows for k in r.get("other_eps_scales", {})})
         result["runs"][f"{seed}:{dtype_name}"] = {
+            "other_eps_scales_cosine_mean": {k: float(np.mean([r["other_eps_scales"][k] for r in rows]))
+                                             for k in scales},
             "draws": rows, "exact_pairwise_cosine_mean": float(np.mean(pairwise)),
             "exact_mean_snr": float((mean.abs() / sem.clamp_min(1e-30)).mean()),
             "central_cosine_mean": float(np.mean([r["central"]["cosine"] for r in rows])),

@@ -379,4 +379,5 @@ def test_compare_budgets_reports_final_ap_at_equal_budgets(synthpose_small, tmp_
     assert ys["to_target"]["methods"]["da2"]["censored"] is False
     rows = pq.read_table(workdir / "ledger" / "itest.parquet").to_pylist()
     rl = [r for r in rows if r["method"] == "rl"]
-    assert 1 <= len(rl) < 40 and sum(r["device_seconds"] for r in rl) >= 2 * unit  # ended by the largest budget
+    spent = [(r["status"], r["steps"], round(r["device_seconds"], 3), r["start_time"]) for r in rl]
+    assert 1 <= len(rl) < 40 and sum(r["device_seconds"] for r in rl) >= 2 * unit, (spent, unit)  # by the budget

@@ -80,6 +80,7 @@ class BilevelStep:
         self.weights = [p for p in model.parameters() if p.requires_grad]
         self.d_params = list(policy.parameters())
         self.step_count = 0
+        self.fd_scale = 0.01  # the paper's eps = 0.01 / ||grad_w' L_val||; benchmarks/da2_hypergradient.py varies it
 
     # -- the two halves ----------------------------------------------------------------------------------
     def w_step(self, train: PoseBatch, noise: PolicyNoise, keep_d_grad: bool = False) -> tuple[float, list | None]:
@@ -115,7 +116,7 @@ class BilevelStep:
         norm = torch.sqrt(sum((g.float() ** 2).sum() for g in g_val))
         if not torch.isfinite(norm) or norm == 0:
             raise TrainingError(f"DA2 step {self.step_count}: val gradient norm is {norm.item()}")
-        eps = (0.01 / norm).item()
+        eps = (self.fd_scale / norm).item()
         grad_plus = self._d_grad_at(w_before, g_val, +eps, train, noise)
         if self.mode == "central":
             grad_minus = self._d_grad_at(w_before, g_val, -eps, train, noise)

@@ -64,13 +64,19 @@ def make_batch_loss(loss_fn: P2NetLoss, cfg: ExperimentConfig, device: torch.dev
         images = batch.images if flip_pairs is None else torch.cat([batch.images, batch.images.flip(3)])
         with autocast_for(device, cfg.train.bf16):
             out = model(images)
-        maps = [out.heatmaps.float(), *(h.float() for h in out.stage_heatmaps)]
+        maps = [_full(out.heatmaps), *(_full(h) for h in out.stage_heatmaps)]
         if flip_pairs is not None:
             n = batch.images.shape[0]
             maps = [(m[:n] + flip_heatmaps_back(m[n:], flip_pairs)) / 2 for m in maps]
         out = P2NetOutput(heatmaps=maps[0], stage_heatmaps=maps[1:])
-        return loss_fn(out, batch.heatmaps.float(), batch.visible.float(), reduction=reduction).total
+        dtype = maps[0].dtype
+        return loss_fn(out, batch.heatmaps.to(dtype), batch.visible.to(dtype), reduction=reduction).total
     return batch_loss
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 outputs up to float32 for the loss; float32 and float64 as they are (a float64 check stays float64)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 # The policy lr's default scales as 1/sqrt(d updates T). Adam moves a logit by about lr per update, so noise alone
