@@ -3,8 +3,6 @@ within one step of the search's budget, charged from their start."""
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import pytest
 import torch
 
@@ -56,7 +54,7 @@ def test_pba_runs_a_population_of_eight_perturbing_every_three_evaluations():
 def test_a_child_stops_within_one_step_of_the_budget_and_is_charged_its_time(synthpose_small, tmp_path,
                                                                              ray_session):
     from da2_platform.search.children import child_fit, run_child, trial_clock
-    from da2_platform.search.control import TrialBudget, open_account
+    from da2_platform.search.control import open_account
     from search_spaces.fixed import fixed_policy
 
     cfg = load_config(None, {"workdir": str(tmp_path), "train.batch_size": 8, "data.synth_seed": 0})
@@ -72,14 +70,7 @@ def test_a_child_stops_within_one_step_of_the_budget_and_is_charged_its_time(syn
     account = open_account(f"test-{tmp_path.name}", budget_s)
     reports: list[dict] = []
 
-    class Recorded(TrialBudget):
-        charges: ClassVar[list[float]] = []
-
-        def charge(self, device_seconds: float) -> bool:
-            self.charges.append(device_seconds)
-            return super().charge(device_seconds)
-
-    budget = Recorded(account, "t0")
+    budget = recorded_budget(account, "t0")
     run_child(fit, settings, lambda m, blob: reports.append(m), clock, budget)
     assert len(reports) == 1 and reports[0]["budget_stop"] and not reports[0]["complete"]
     assert "policy_json" not in reports[0]  # stopped before its first evaluation: nothing scored
@@ -101,7 +92,7 @@ def test_a_da2_search_stops_within_one_step_of_the_budget_and_is_charged_its_tim
                                                                                   ray_session):
     """DA2 is budgeted like every method: each step charges the trial; the first step past the budget ends it."""
     from da2_platform.data.topdown import TopDownDataset
-    from da2_platform.search.control import TrialBudget, open_account
+    from da2_platform.search.control import open_account
     from da2_platform.search.da2 import DA2Search, run_da2
     from da2_platform.search.trial import TrialClock
 
@@ -119,14 +110,7 @@ def test_a_da2_search_stops_within_one_step_of_the_budget_and_is_charged_its_tim
     account = open_account(f"test-da2-{tmp_path.name}", budget_s)
     reports: list[tuple[dict, bool]] = []
 
-    class Recorded(TrialBudget):
-        charges: ClassVar[list[float]] = []
-
-        def charge(self, device_seconds: float) -> bool:
-            self.charges.append(device_seconds)
-            return super().charge(device_seconds)
-
-    budget = Recorded(account, "d0")
+    budget = recorded_budget(account, "d0")
     run_da2(search, settings, lambda metrics, checkpoint: reports.append((metrics, checkpoint)), clock, budget)
     last, checkpointed = reports[-1]
     assert last["budget_stop"] and not last["complete"] and not checkpointed
@@ -142,3 +126,19 @@ def test_a_da2_search_stops_within_one_step_of_the_budget_and_is_charged_its_tim
 
     assert ray.get(account.exhausted.remote())
     ray.kill(account)
+
+
+def recorded_budget(account, trial_id: str):
+    """A real TrialBudget on the real account that also keeps every charge it made."""
+    from da2_platform.search.control import TrialBudget
+
+    class Recorded(TrialBudget):
+        def __init__(self, account, trial_id: str) -> None:
+            super().__init__(account, trial_id)
+            self.charges: list[float] = []
+
+        def charge(self, device_seconds: float) -> bool:
+            self.charges.append(device_seconds)
+            return super().charge(device_seconds)
+
+    return Recorded(account, trial_id)
