@@ -35,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from harness import write_result
+from harness import ensure_warm_start, write_result
 
 from da2_platform.compare import seed_config
 from da2_platform.config import ExperimentConfig, load_config
@@ -154,6 +154,8 @@ def main() -> None:
     multiples = [float(m) for m in args.multiples.split(",")]
     methods = args.methods.split(",")
     base = load_config(args.config)
+    if not args.summary_only:
+        ensure_warm_start(base, args.config)
     out = Path(args.out)
     folder = out.with_suffix("")
     pieces = read_pieces(folder)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import write_result
+from harness import ensure_warm_start, write_result
 
 from da2_platform.config import ExperimentConfig, load_config
 from da2_platform.data.splits import prepare_data
@@ -110,6 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     base = load_config(args.config)
+    ensure_warm_start(base, args.config)
     data = prepare_data(base)
     size = base.data.input_size
     train = TopDownDataset(data.search_train_annotations, data.train_images, input_size=size)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import write_result
+from harness import ensure_warm_start, write_result
 from policy_sensitivity import final_ap
 
 from da2_platform.config import ExperimentConfig, load_config
@@ -89,6 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     base = load_config(args.config)
+    ensure_warm_start(base, args.config)
     data = prepare_data(base)
     out = Path(args.out)
     runs = {} if args.fresh or not out.is_file() else json.loads(out.read_text()).get("runs", {})

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 import torch
-from harness import write_result
+from harness import ensure_warm_start, write_result
 
 from da2_platform.config import load_config
 from da2_platform.data.splits import prepare_data
@@ -127,6 +127,7 @@ def main() -> None:
         parser.error("--draws must be at least 2 (the signal is measured across draws)")
     torch.set_num_threads(1)
     base = da2_method_config(load_config(args.config), "da2")
+    ensure_warm_start(base, args.config)
     result: dict = {"benchmark": "da2_hypergradient", "draws": args.draws, "fd_scales": args.fd_scales, "runs": {}}
     for seed, dtype_name in itertools.product(args.seeds, args.dtypes):
         start = time.perf_counter()

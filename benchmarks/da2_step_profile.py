@@ -12,7 +12,7 @@ import json
 import time
 
 import torch
-from harness import write_result
+from harness import ensure_warm_start, write_result
 
 from da2_platform.config import load_config
 from da2_platform.data.splits import prepare_data
@@ -31,6 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(args.config, {"workdir": "work/bench-da2"})
+    ensure_warm_start(cfg, args.config)
     data, cpu = prepare_data(cfg), torch.device("cpu")
     size = cfg.data.input_size
     train = TopDownDataset(data.search_train_annotations, data.train_images, input_size=size)

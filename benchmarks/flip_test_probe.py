@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import torch
-from harness import write_result
+from harness import ensure_warm_start, write_result
 
 from da2_platform.config import ExperimentConfig, load_config
 from da2_platform.data.splits import prepare_data
@@ -78,6 +78,7 @@ def main() -> None:
     raw = load_config(args.config).model_dump(mode="json")
     raw["seed"] = args.seed
     cfg = ExperimentConfig.model_validate(raw)
+    ensure_warm_start(cfg, args.config)
     data = prepare_data(cfg)
     settings = {"train_annotations": str(data.full_train_annotations), "train_images": str(data.train_images)}
     val_ds = TopDownDataset(data.val_annotations, data.val_images, input_size=cfg.data.input_size)

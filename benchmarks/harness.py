@@ -3,6 +3,7 @@
 
     from harness import parse_set, write_result
     write_result("benchmarks/results/x.json", result, config="configs/bench_cpu.yaml", overrides=parse_set(args.set))
+    ensure_warm_start(cfg, args.config)   # a fresh clone has no model.init_weights yet: train the shared one
 
 The scripts run as `python benchmarks/<name>.py`, so this folder is on their import path.
 """
@@ -103,3 +104,25 @@ def write_result(path: str | os.PathLike, result: dict, config: str | os.PathLik
     from da2_platform.files import write_json_atomic
 
     return write_json_atomic(path, {**result, "provenance": provenance(config, overrides, resolved)})
+
+
+def ensure_warm_start(cfg, config_path: str | os.PathLike, settings=None) -> None:
+    """Train the shared warm start on first use, where `model.init_weights` points (it must name
+    <folder>/p2net.pt); a cached one with the same settings is reused. A fresh clone has none, so every benchmark
+    on a config with init_weights calls this before it builds a model. `settings`: a `PretrainSettings` (default
+    its defaults, what the demo and the configs use)."""
+    import json
+
+    from da2_platform.config import ExperimentConfig
+    from da2_platform.warmstart import PretrainSettings, warm_start
+
+    init = cfg.model.init_weights
+    if init is None or init.is_file():
+        return
+    raw = cfg.model_dump(mode="json")
+    raw["model"]["init_weights"] = None
+    ws = warm_start(ExperimentConfig.model_validate(raw), settings or PretrainSettings(), folder=init.parent, threads=1)
+    if ws.path != init:
+        raise SystemExit(f"error: {config_path}: model.init_weights: name it <folder>/p2net.pt (the warm start "
+                         f"writes {ws.path})")
+    print(json.dumps({"warm_start": str(ws.path), "seconds": round(ws.seconds, 1)}), flush=True)

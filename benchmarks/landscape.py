@@ -27,13 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from harness import write_result
+from harness import ensure_warm_start, write_result
 
 from da2_platform.config import ExperimentConfig, load_config
 from da2_platform.data.splits import prepare_data
 from da2_platform.policies import resolve_policy
 from da2_platform.search.children import final_training
-from da2_platform.warmstart import PretrainSettings, warm_start
 from search_spaces.discrete import DiscreteSpace
 from search_spaces.policy import Policy
 
@@ -48,20 +47,6 @@ def random_policy(index: int, space: DiscreteSpace | None = None) -> Policy:
     limits = space.decisions_per_op() * (space.num_sub_policies * space.ops_per_sub_policy)
     decisions = [int(rng.integers(limit)) for limit in limits]
     return space.to_policy(decisions, name=f"random:{index}", metadata={"method": "random", "seed": index})
-
-
-def ensure_warm_start(cfg: ExperimentConfig, config_path: str) -> None:
-    """Train the shared warm start on first use (model.init_weights names <folder>/p2net.pt)."""
-    init = cfg.model.init_weights
-    if init is None or init.is_file():
-        return
-    raw = cfg.model_dump(mode="json")
-    raw["model"]["init_weights"] = None
-    ws = warm_start(ExperimentConfig.model_validate(raw), PretrainSettings(), folder=init.parent, threads=1)
-    if ws.path != init:
-        raise SystemExit(f"error: {config_path}: model.init_weights: name it <folder>/p2net.pt (the warm start "
-                         f"writes {ws.path})")
-    print(json.dumps({"warm_start": str(ws.path), "seconds": round(ws.seconds, 1)}), flush=True)
 
 
 def _saved_config(result: dict) -> dict | None:

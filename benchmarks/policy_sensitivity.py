@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import write_result
+from harness import ensure_warm_start, write_result
 
 from da2_platform.config import ExperimentConfig, load_config
 from da2_platform.data.splits import prepare_data
@@ -26,7 +26,7 @@ from da2_platform.data.topdown import TopDownDataset
 from da2_platform.policies import resolve_policy
 from da2_platform.search.children import child_fit, run_child
 from da2_platform.search.relaxed_policy import RelaxedPolicy, op_slots
-from da2_platform.warmstart import PretrainSettings, warm_start
+from da2_platform.warmstart import PretrainSettings
 from search_spaces.policy import Policy
 
 FIXED = ["fixed:none", "fixed:standard-pose", "fixed:randaugment", "fixed:trivialaugment"]
@@ -69,15 +69,7 @@ def main() -> None:
     torch.set_num_threads(1)
     base = load_config(args.config)
     pretrain = PretrainSettings(steps=args.pretrain_steps)
-    if base.model.init_weights is not None and not base.model.init_weights.is_file():
-        bare = ExperimentConfig.model_validate({**base.model_dump(mode="json"),
-                                                "model": {**base.model_dump(mode="json")["model"],
-                                                          "init_weights": None}})
-        ws = warm_start(bare, pretrain, folder=base.model.init_weights.parent, threads=1)
-        if ws.path != base.model.init_weights:
-            raise SystemExit(f"error: {args.config}: model.init_weights: name it <folder>/p2net.pt "
-                             f"(the warm start writes {ws.path})")
-        print(json.dumps({"warm_start": str(ws.path), "seconds": round(ws.seconds, 1)}), flush=True)
+    ensure_warm_start(base, args.config, pretrain)
     data = prepare_data(base)
     flip_pairs = TopDownDataset(data.full_train_annotations, data.train_images,
                                 input_size=base.data.input_size).flip_pairs
