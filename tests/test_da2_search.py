@@ -95,6 +95,31 @@ def test_one_pass_checkpoint_is_the_training_format_and_resumes_exactly(synthpos
     assert resumed.w_opt.param_groups[0]["lr"] == straight.w_opt.param_groups[0]["lr"]
 
 
+@pytest.mark.parametrize("method", ["da2", "da2:score"])
+def test_each_da2_method_resumes_exactly_under_its_name(synthpose_small, tmp_path, method):
+    """Both estimators: a search saved mid-way and resumed in a new object reaches the same network, policy and
+    d optimiser as one run straight, and its policy is named by its method."""
+    from da2_platform.search.da2 import da2_method_config
+
+    train, val = datasets(synthpose_small)
+    cfg = da2_method_config(one_pass_config(tmp_path, synthpose_small, one_pass=False, steps=4,
+                                            policy_update_every=1), method)
+    straight = DA2Search(cfg, train, val, torch.device("cpu"))
+    run(straight)
+    first = DA2Search(cfg, train, val, torch.device("cpu"))
+    run(first, 2)
+    first.save(tmp_path / "state.pt", wall=0.5)
+    resumed = DA2Search(cfg, train, val, torch.device("cpu"))
+    resumed.load(tmp_path / "state.pt")
+    run(resumed)
+    assert resumed.done and resumed.state["step"] == straight.state["step"] == 4
+    for ours, theirs in ((resumed.model, straight.model), (resumed.policy, straight.policy)):
+        for key, value in theirs.state_dict().items():
+            assert torch.equal(ours.state_dict()[key], value), key
+    assert resumed.learned_policy().metadata["method"] == straight.learned_policy().metadata["method"] == method
+    assert resumed.learned_policy().to_json() == straight.learned_policy().to_json()
+
+
 def test_a_plain_training_checkpoint_is_not_a_da2_state(synthpose_small, tmp_path):
     train, val = datasets(synthpose_small)
     cfg = one_pass_config(tmp_path, synthpose_small)

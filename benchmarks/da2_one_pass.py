@@ -1,0 +1,144 @@
+"""One-pass DA2 against two-pass DA2 on the CPU target testbed, at their own cost and at equal cost.
+
+- **two-pass** (the default): a DA2 search (`search.da2.steps` steps), then a final training with its policy.
+  Read from the comparison's pieces (benchmarks/results/compare_cpu/search_<seed>_<method>.json and
+  final_<seed>_<method>_1.json), so both share the config, the seeds and the machine; nothing is run again.
+- **one-pass** (`search.da2.one_pass`): one DA2 search over the final training's schedule; its own network is the
+  trained model, scored on val (`one_pass_val_ap`). Run here at
+  - `schedule`: the final recipe's `train.epochs` (cheaper than two-pass: no second training);
+  - `equal_cost`: `--equal-epochs` epochs (default twice the recipe's, the lr dropping at the last epoch as the
+    recipe does), which is about two-pass's device-seconds on this testbed; the JSON gives each run's cost, so
+    the match is measured, not assumed.
+Per (seed, method, variant) one piece, benchmarks/results/da2_one_pass/<piece>.json, written as it ends, so a
+rerun skips what is there; the summary benchmarks/results/da2_one_pass.json (mean and std over seeds of AP and
+device-seconds, per method and variant) is rebuilt after each piece.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_one_pass.py --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from harness import ensure_warm_start, write_result
+
+from da2_platform.compare import seed_config
+from da2_platform.config import ExperimentConfig, load_config
+
+COMPARE_PIECES = Path("benchmarks/results/compare_cpu")
+OUT = Path("benchmarks/results/da2_one_pass.json")
+
+
+def one_pass_config(cfg: ExperimentConfig, epochs: int | None) -> ExperimentConfig:
+    """`cfg` with `search.da2.one_pass` on, over `epochs` epochs (None: the recipe's), the lr dropping where the
+    recipe drops it relative to its end."""
+    raw = cfg.model_dump(mode="json")
+    raw["search"]["da2"]["one_pass"] = True
+    if epochs is not None:
+        shift = epochs - raw["train"]["epochs"]
+        raw["train"]["lr_milestones"] = [m + shift for m in raw["train"]["lr_milestones"]]
+        raw["train"]["epochs"] = epochs
+    return ExperimentConfig.model_validate(raw)
+
+
+def run_one_pass(cfg: ExperimentConfig, method: str) -> dict:
+    from da2_platform.search.driver import run_search
+    from da2_platform.search.methods import spec_builder
+
+    start = time.time()
+    outcome = run_search(cfg, method, spec_builder(method), register=False, fresh=True)
+    if outcome.one_pass_val_ap is None:
+        raise SystemExit(f"error: {method}: one_pass_val_ap: the one-pass search returned no trained model")
+    row = outcome.trials[0]
+    return {"val_ap": float(outcome.one_pass_val_ap), "device_seconds": outcome.device_seconds,
+            "wall_seconds": time.time() - start, "steps": row.steps, "epochs": cfg.train.epochs,
+            "lr_milestones": cfg.train.lr_milestones, "policy_json": row.policy_json}
+
+
+def two_pass(seed: int, method: str) -> dict | None:
+    """The comparison's search and 1x final training of `method` at `seed`, or None when it has not run."""
+    name = method.replace(":", "_")
+    search, final = COMPARE_PIECES / f"search_{seed}_{name}.json", COMPARE_PIECES / f"final_{seed}_{name}_1.json"
+    if not (search.is_file() and final.is_file()):
+        return None
+    s, f = json.loads(search.read_text()), json.loads(final.read_text())
+    return {"val_ap": f["val_ap"], "device_seconds": s["device_seconds"] + f["seconds"],
+            "search_device_seconds": s["device_seconds"], "final_seconds": f["seconds"],
+            "steps": s["rows"][0]["steps"]}
+
+
+def summarise(pieces: dict, seeds: list[int], methods: list[str]) -> dict:
+    def stats(values: list[float]) -> dict:
+        return {"mean": round(statistics.mean(values), 4) if values else None,
+                "std": round(statistics.stdev(values), 4) if len(values) > 1 else None, "n": len(values)}
+
+    out: dict = {}
+    for method in methods:
+        out[method] = {}
+        for variant in ("two_pass", "schedule", "equal_cost"):
+            runs = [pieces.get(f"{seed}:{method}:{variant}") for seed in seeds]
+            runs = [r for r in runs if r]
+            out[method][variant] = {"val_ap": stats([r["val_ap"] for r in runs]),
+                                    "device_seconds": stats([r["device_seconds"] for r in runs]),
+                                    "per_seed": {str(s): pieces[f"{s}:{method}:{variant}"]["val_ap"]
+                                                 for s in seeds if f"{s}:{method}:{variant}" in pieces}}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/bench_cpu.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", default="da2", help="comma-separated: da2, da2:score")
+    parser.add_argument("--equal-epochs", type=int, default=None,
+                        help="epochs of the equal-cost one-pass run (default: twice train.epochs)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    base = load_config(args.config)
+    methods = args.methods.split(",")
+    for method in methods:
+        if method not in ("da2", "da2:score"):
+            parser.error(f"--methods: {method}: one-pass is a DA2 mode (da2, da2:score)")
+    equal_epochs = args.equal_epochs or 2 * base.train.epochs
+    ensure_warm_start(base, args.config)
+    folder = OUT.with_suffix("")
+    pieces = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        piece = json.loads(path.read_text())
+        pieces[piece.pop("key")] = {k: v for k, v in piece.items() if k != "provenance"}
+
+    def save() -> None:
+        seeds = sorted({int(k.split(":")[0]) for k in pieces})
+        write_result(OUT, {"benchmark": "da2_one_pass", "equal_epochs": equal_epochs,
+                           "summary": summarise(pieces, seeds, methods), "seeds": seeds,
+                           "pieces_folder": str(folder)}, args.config)
+
+    from da2_platform.raycluster import ensure_ray
+
+    ensure_ray()
+    for seed in args.seeds:
+        cfg = seed_config(base, seed, several=True)
+        for method in methods:
+            found = two_pass(seed, method)
+            if found is not None:
+                pieces[f"{seed}:{method}:two_pass"] = found
+            for variant, epochs in (("schedule", None), ("equal_cost", equal_epochs)):
+                key = f"{seed}:{method}:{variant}"
+                if key in pieces:
+                    continue
+                pieces[key] = run_one_pass(one_pass_config(cfg, epochs), method)
+                write_result(folder / (key.replace(":", "_") + ".json"), {"key": key, **pieces[key]}, args.config)
+                print(json.dumps({key: {k: pieces[key][k] for k in ("val_ap", "device_seconds", "steps")}}),
+                      flush=True)
+                save()
+    save()
+    print(json.dumps(json.loads(OUT.read_text())["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
