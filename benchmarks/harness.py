@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# the sha256 of the warm start a benchmark's models start from (set by `ensure_warm_start`), written into every
+# result's provenance: two runs on the same config but different warm-start files are not the same experiment
+WARM_START: dict[str, str] = {}
 
 # dense bf16 Tensor Core peak FLOP/s by device-name fragment (vendor data sheets; the sparsity figures are twice
 # these). H100 SXM and H200: 989.4 TFLOP/s; the H100 PCIe card is slower.
@@ -92,9 +95,11 @@ def machine() -> dict[str, Any]:
 
 def provenance(config: str | os.PathLike | None = None, overrides: dict | None = None,
                resolved: dict | None = None) -> dict[str, Any]:
-    """commit, dirty, config (the file), overrides, config_resolved (the validated config, when given), machine."""
+    """commit, dirty, config (the file), overrides, config_resolved (the validated config, when given), the warm
+    start's sha256 (when `ensure_warm_start` ran), machine."""
     return {**git_commit(), "config": None if config is None else str(config), "overrides": overrides or {},
-            "config_resolved": resolved, "machine": machine(),
+            "config_resolved": resolved, **({"warm_start": dict(WARM_START)} if WARM_START else {}),
+            "machine": machine(),
             "written": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
@@ -117,7 +122,10 @@ def ensure_warm_start(cfg, config_path: str | os.PathLike, settings=None) -> Non
     from da2_platform.warmstart import PretrainSettings, warm_start
 
     init = cfg.model.init_weights
-    if init is None or init.is_file():
+    if init is None:
+        return
+    if init.is_file():
+        _record_warm_start(init)
         return
     raw = cfg.model_dump(mode="json")
     raw["model"]["init_weights"] = None
@@ -126,3 +134,10 @@ def ensure_warm_start(cfg, config_path: str | os.PathLike, settings=None) -> Non
         raise SystemExit(f"error: {config_path}: model.init_weights: name it <folder>/p2net.pt (the warm start "
                          f"writes {ws.path})")
     print(json.dumps({"warm_start": str(ws.path), "seconds": round(ws.seconds, 1)}), flush=True)
+    _record_warm_start(init)
+
+
+def _record_warm_start(path: Path) -> None:
+    import hashlib
+
+    WARM_START.update(path=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
