@@ -1,14 +1,18 @@
 """One-pass DA2 against two-pass DA2 on the CPU target testbed, at their own cost and at equal cost.
 
-- **two-pass** (the default): a DA2 search (`search.da2.steps` steps), then a final training with its policy.
-  Read from the comparison's pieces (benchmarks/results/compare_cpu/search_<seed>_<method>.json and
-  final_<seed>_<method>_1.json), so both share the config, the seeds and the machine; nothing is run again.
+- **two-pass** (the default): a DA2 search (`search.da2.steps` steps), then a final training with its policy
+  (`search.children.final_training`, as the comparison trains it); its cost is the search's device-seconds plus
+  the final training's. Run here, beside the one-pass runs, so both share the warm start, the seeds and the
+  machine.
 - **one-pass** (`search.da2.one_pass`): one DA2 search over the final training's schedule; its own network is the
   trained model, scored on val (`one_pass_val_ap`). Run here at
   - `schedule`: the final recipe's `train.epochs` (cheaper than two-pass: no second training);
   - `equal_cost`: `--equal-epochs` epochs (default twice the recipe's, the lr dropping at the last epoch as the
     recipe does), which is about two-pass's device-seconds on this testbed; the JSON gives each run's cost, so
     the match is measured, not assumed.
+- **control** `two_pass_policy_long`: the two-pass search's policy trained over the equal-cost schedule (no
+  search cost counted). It differs from `equal_cost` only in that the policy is fixed, not learned while the
+  network trains, so it says how much of one-pass's AP is the longer schedule.
 Per (seed, method, variant) one piece, benchmarks/results/da2_one_pass/<piece>.json, written as it ends, so a
 rerun skips what is there; the summary benchmarks/results/da2_one_pass.json (mean and std over seeds of AP and
 device-seconds, per method and variant) is rebuilt after each piece.
@@ -30,7 +34,6 @@ from harness import ensure_warm_start, write_result
 from da2_platform.compare import seed_config
 from da2_platform.config import ExperimentConfig, load_config
 
-COMPARE_PIECES = Path("benchmarks/results/compare_cpu")
 OUT = Path("benchmarks/results/da2_one_pass.json")
 
 
@@ -60,16 +63,32 @@ def run_one_pass(cfg: ExperimentConfig, method: str) -> dict:
             "lr_milestones": cfg.train.lr_milestones, "policy_json": row.policy_json}
 
 
-def two_pass(seed: int, method: str) -> dict | None:
-    """The comparison's search and 1x final training of `method` at `seed`, or None when it has not run."""
-    name = method.replace(":", "_")
-    search, final = COMPARE_PIECES / f"search_{seed}_{name}.json", COMPARE_PIECES / f"final_{seed}_{name}_1.json"
-    if not (search.is_file() and final.is_file()):
-        return None
-    s, f = json.loads(search.read_text()), json.loads(final.read_text())
-    return {"val_ap": f["val_ap"], "device_seconds": s["device_seconds"] + f["seconds"],
-            "search_device_seconds": s["device_seconds"], "final_seconds": f["seconds"],
-            "steps": s["rows"][0]["steps"]}
+def run_two_pass(cfg: ExperimentConfig, method: str) -> dict:
+    from da2_platform.data.splits import prepare_data
+    from da2_platform.search.children import final_training
+    from da2_platform.search.driver import run_search
+    from da2_platform.search.methods import spec_builder
+    from search_spaces.policy import Policy
+
+    start = time.time()
+    outcome = run_search(cfg, method, spec_builder(method), register=False, fresh=True)
+    row = outcome.trials[0]
+    curve, seconds = final_training(cfg, prepare_data(cfg), Policy.from_json(row.policy_json))
+    return {"val_ap": curve[-1]["val_ap"], "device_seconds": outcome.device_seconds + seconds,
+            "search_device_seconds": outcome.device_seconds, "final_seconds": seconds,
+            "wall_seconds": time.time() - start, "steps": row.steps, "policy_json": row.policy_json}
+
+
+def run_fixed_long(cfg: ExperimentConfig, policy_json: str, epochs: int) -> dict:
+    """The control: a final training of a fixed policy over the one-pass equal-cost schedule."""
+    from da2_platform.data.splits import prepare_data
+    from da2_platform.search.children import final_training
+    from search_spaces.policy import Policy
+
+    long = one_pass_config(cfg, epochs)
+    curve, seconds = final_training(long, prepare_data(long), Policy.from_json(policy_json))
+    return {"val_ap": curve[-1]["val_ap"], "device_seconds": seconds, "steps": curve[-1].get("step"),
+            "epochs": epochs, "lr_milestones": long.train.lr_milestones}
 
 
 def summarise(pieces: dict, seeds: list[int], methods: list[str]) -> dict:
@@ -80,7 +99,7 @@ def summarise(pieces: dict, seeds: list[int], methods: list[str]) -> dict:
     out: dict = {}
     for method in methods:
         out[method] = {}
-        for variant in ("two_pass", "schedule", "equal_cost"):
+        for variant in ("two_pass", "schedule", "equal_cost", "two_pass_policy_long"):
             runs = [pieces.get(f"{seed}:{method}:{variant}") for seed in seeds]
             runs = [r for r in runs if r]
             out[method][variant] = {"val_ap": stats([r["val_ap"] for r in runs]),
@@ -124,14 +143,19 @@ def main() -> None:
     for seed in args.seeds:
         cfg = seed_config(base, seed, several=True)
         for method in methods:
-            found = two_pass(seed, method)
-            if found is not None:
-                pieces[f"{seed}:{method}:two_pass"] = found
-            for variant, epochs in (("schedule", None), ("equal_cost", equal_epochs)):
+            for variant, epochs in (("two_pass", None), ("schedule", None), ("equal_cost", equal_epochs)):
                 key = f"{seed}:{method}:{variant}"
                 if key in pieces:
                     continue
-                pieces[key] = run_one_pass(one_pass_config(cfg, epochs), method)
+                pieces[key] = (run_two_pass(cfg, method) if variant == "two_pass"
+                               else run_one_pass(one_pass_config(cfg, epochs), method))
+                write_result(folder / (key.replace(":", "_") + ".json"), {"key": key, **pieces[key]}, args.config)
+                print(json.dumps({key: {k: pieces[key][k] for k in ("val_ap", "device_seconds", "steps")}}),
+                      flush=True)
+                save()
+            key = f"{seed}:{method}:two_pass_policy_long"
+            if key not in pieces:
+                pieces[key] = run_fixed_long(cfg, pieces[f"{seed}:{method}:two_pass"]["policy_json"], equal_epochs)
                 write_result(folder / (key.replace(":", "_") + ".json"), {"key": key, **pieces[key]}, args.config)
                 print(json.dumps({key: {k: pieces[key][k] for k in ("val_ap", "device_seconds", "steps")}}),
                       flush=True)
