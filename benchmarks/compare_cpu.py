@@ -35,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from harness import ensure_warm_start, write_result
+from harness import ensure_warm_start, piece_file, read_pieces, write_piece, write_result
 
 from da2_platform.compare import seed_config
 from da2_platform.config import ExperimentConfig, load_config
@@ -84,22 +84,6 @@ def summarise(pieces: dict, methods: list[str], seeds: list[int]) -> dict:
     report["units"] = {str(s): round(u, 1) for s, u in per_seed_unit.items()}
     report["unit"] = "device-seconds of the costlier DA2 method's search, per seed; budgets use their mean"
     return report
-
-
-def piece_file(key: str) -> str:
-    """`search:0:da2:score` -> `search_0_da2_score.json` (the key itself is kept inside the file)."""
-    return key.replace(":", "_") + ".json"
-
-
-def read_pieces(folder: Path) -> dict:
-    """Every piece file in `folder`, by its key (its provenance dropped: the file keeps it)."""
-    pieces = {}
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        piece = json.loads(path.read_text())
-        key = piece.pop("key")
-        piece.pop("provenance", None)
-        pieces[key] = piece
-    return pieces
 
 
 def plot(report: dict, path: Path) -> None:
@@ -163,7 +147,7 @@ def main() -> None:
     def add(key: str, piece: dict) -> None:
         """Write one piece's file (with its provenance), then the summary of every piece file there is."""
         pieces[key] = piece
-        write_result(folder / piece_file(key), {"key": key, **piece}, args.config)
+        write_piece(folder, key, piece, args.config)
         save()
 
     def save() -> dict:

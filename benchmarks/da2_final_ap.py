@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
-from harness import ensure_warm_start, write_result
+from harness import ensure_warm_start, seed_stats, write_result
 from policy_sensitivity import final_ap
 
 from da2_platform.config import ExperimentConfig, load_config
@@ -124,13 +123,8 @@ def main() -> None:
     print(json.dumps({k: result[k] for k in ("per_variant", "references", "done_when")}, indent=2))
 
 
-def _stats(values: list[float]) -> dict:
-    return {"per_seed": values, "mean": round(statistics.fmean(values), 4) if values else None,
-            "std": round(statistics.stdev(values), 4) if len(values) > 1 else None}
-
-
 def summary(args, cfg: ExperimentConfig, runs: dict) -> dict:
-    per_variant = {v: _stats([runs[f"{v}@{s}"]["final_val_ap"] for s in args.seeds if f"{v}@{s}" in runs])
+    per_variant = {v: seed_stats([runs[f"{v}@{s}"]["final_val_ap"] for s in args.seeds if f"{v}@{s}" in runs])
                    for v in VARIANTS if any(r["variant"] == v for r in runs.values())}
     references = {}
     if SENSITIVITY.is_file():

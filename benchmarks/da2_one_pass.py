@@ -15,21 +15,22 @@
   network trains, so it says how much of one-pass's AP is the longer schedule.
 Per (seed, method, variant) one piece, benchmarks/results/da2_one_pass/<piece>.json, written as it ends, so a
 rerun skips what is there; the summary benchmarks/results/da2_one_pass.json (mean and std over seeds of AP and
-device-seconds, per method and variant) is rebuilt after each piece.
+device-seconds, per method and variant) is rebuilt after each piece, and by --summary-only.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_one_pass.py --seeds 0 1 2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_one_pass.py --summary-only
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
-from harness import ensure_warm_start, write_result
+from harness import ensure_warm_start, read_pieces, seed_stats, write_piece, write_result
 
 from da2_platform.compare import seed_config
 from da2_platform.config import ExperimentConfig, load_config
@@ -49,12 +50,17 @@ def one_pass_config(cfg: ExperimentConfig, epochs: int | None) -> ExperimentConf
     return ExperimentConfig.model_validate(raw)
 
 
-def run_one_pass(cfg: ExperimentConfig, method: str) -> dict:
+def _search(cfg: ExperimentConfig, method: str):
+    """One DA2 search on the local Ray session, unregistered, from scratch."""
     from da2_platform.search.driver import run_search
     from da2_platform.search.methods import spec_builder
 
+    return run_search(cfg, method, spec_builder(method), register=False, fresh=True)
+
+
+def run_one_pass(cfg: ExperimentConfig, method: str) -> dict:
     start = time.time()
-    outcome = run_search(cfg, method, spec_builder(method), register=False, fresh=True)
+    outcome = _search(cfg, method)
     if outcome.one_pass_val_ap is None:
         raise SystemExit(f"error: {method}: one_pass_val_ap: the one-pass search returned no trained model")
     row = outcome.trials[0]
@@ -66,12 +72,10 @@ def run_one_pass(cfg: ExperimentConfig, method: str) -> dict:
 def run_two_pass(cfg: ExperimentConfig, method: str) -> dict:
     from da2_platform.data.splits import prepare_data
     from da2_platform.search.children import final_training
-    from da2_platform.search.driver import run_search
-    from da2_platform.search.methods import spec_builder
     from search_spaces.policy import Policy
 
     start = time.time()
-    outcome = run_search(cfg, method, spec_builder(method), register=False, fresh=True)
+    outcome = _search(cfg, method)
     row = outcome.trials[0]
     curve, seconds = final_training(cfg, prepare_data(cfg), Policy.from_json(row.policy_json))
     return {"val_ap": curve[-1]["val_ap"], "device_seconds": outcome.device_seconds + seconds,
@@ -91,21 +95,18 @@ def run_fixed_long(cfg: ExperimentConfig, policy_json: str, epochs: int) -> dict
             "epochs": epochs, "lr_milestones": long.train.lr_milestones}
 
 
-def summarise(pieces: dict, seeds: list[int], methods: list[str]) -> dict:
-    def stats(values: list[float]) -> dict:
-        return {"mean": round(statistics.mean(values), 4) if values else None,
-                "std": round(statistics.stdev(values), 4) if len(values) > 1 else None, "n": len(values)}
+VARIANTS = ("two_pass", "schedule", "equal_cost", "two_pass_policy_long")  # in run order: the control needs two_pass
 
+
+def summarise(pieces: dict, seeds: list[int], methods: list[str]) -> dict:
+    """Per method and variant, final val AP and device-seconds over the seeds that ran it."""
     out: dict = {}
     for method in methods:
         out[method] = {}
-        for variant in ("two_pass", "schedule", "equal_cost", "two_pass_policy_long"):
-            runs = [pieces.get(f"{seed}:{method}:{variant}") for seed in seeds]
-            runs = [r for r in runs if r]
-            out[method][variant] = {"val_ap": stats([r["val_ap"] for r in runs]),
-                                    "device_seconds": stats([r["device_seconds"] for r in runs]),
-                                    "per_seed": {str(s): pieces[f"{s}:{method}:{variant}"]["val_ap"]
-                                                 for s in seeds if f"{s}:{method}:{variant}" in pieces}}
+        for variant in VARIANTS:
+            runs = [pieces[k] for k in (f"{seed}:{method}:{variant}" for seed in seeds) if k in pieces]
+            out[method][variant] = {"val_ap": seed_stats([r["val_ap"] for r in runs]),
+                                    "device_seconds": seed_stats([r["device_seconds"] for r in runs])}
     return out
 
 
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--methods", default="da2", help="comma-separated: da2, da2:score")
     parser.add_argument("--equal-epochs", type=int, default=None,
                         help="epochs of the equal-cost one-pass run (default: twice train.epochs)")
+    parser.add_argument("--summary-only", action="store_true", help="run nothing: summarise the piece files")
     args = parser.parse_args()
     torch.set_num_threads(1)
     base = load_config(args.config)
@@ -124,12 +126,8 @@ def main() -> None:
         if method not in ("da2", "da2:score"):
             parser.error(f"--methods: {method}: one-pass is a DA2 mode (da2, da2:score)")
     equal_epochs = args.equal_epochs or 2 * base.train.epochs
-    ensure_warm_start(base, args.config)
     folder = OUT.with_suffix("")
-    pieces = {}
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        piece = json.loads(path.read_text())
-        pieces[piece.pop("key")] = {k: v for k, v in piece.items() if k != "provenance"}
+    pieces = read_pieces(folder)
 
     def save() -> None:
         seeds = sorted({int(k.split(":")[0]) for k in pieces})
@@ -137,29 +135,26 @@ def main() -> None:
                            "summary": summarise(pieces, seeds, methods), "seeds": seeds,
                            "pieces_folder": str(folder)}, args.config)
 
-    from da2_platform.raycluster import ensure_ray
+    def run(cfg: ExperimentConfig, seed: int, method: str, variant: str) -> dict:
+        if variant == "two_pass":
+            return run_two_pass(cfg, method)
+        if variant == "two_pass_policy_long":
+            return run_fixed_long(cfg, pieces[f"{seed}:{method}:two_pass"]["policy_json"], equal_epochs)
+        return run_one_pass(one_pass_config(cfg, equal_epochs if variant == "equal_cost" else None), method)
 
-    ensure_ray()
-    for seed in args.seeds:
-        cfg = seed_config(base, seed, several=True)
-        for method in methods:
-            for variant, epochs in (("two_pass", None), ("schedule", None), ("equal_cost", equal_epochs)):
-                key = f"{seed}:{method}:{variant}"
-                if key in pieces:
-                    continue
-                pieces[key] = (run_two_pass(cfg, method) if variant == "two_pass"
-                               else run_one_pass(one_pass_config(cfg, epochs), method))
-                write_result(folder / (key.replace(":", "_") + ".json"), {"key": key, **pieces[key]}, args.config)
-                print(json.dumps({key: {k: pieces[key][k] for k in ("val_ap", "device_seconds", "steps")}}),
-                      flush=True)
-                save()
-            key = f"{seed}:{method}:two_pass_policy_long"
-            if key not in pieces:
-                pieces[key] = run_fixed_long(cfg, pieces[f"{seed}:{method}:two_pass"]["policy_json"], equal_epochs)
-                write_result(folder / (key.replace(":", "_") + ".json"), {"key": key, **pieces[key]}, args.config)
-                print(json.dumps({key: {k: pieces[key][k] for k in ("val_ap", "device_seconds", "steps")}}),
-                      flush=True)
-                save()
+    if not args.summary_only:
+        from da2_platform.raycluster import ensure_ray
+
+        ensure_warm_start(base, args.config)
+        ensure_ray()
+        for seed, method, variant in itertools.product(args.seeds, methods, VARIANTS):
+            key = f"{seed}:{method}:{variant}"
+            if key in pieces:
+                continue
+            pieces[key] = run(seed_config(base, seed, several=True), seed, method, variant)
+            write_piece(folder, key, pieces[key], args.config)
+            print(json.dumps({key: {k: pieces[key][k] for k in ("val_ap", "device_seconds", "steps")}}), flush=True)
+            save()
     save()
     print(json.dumps(json.loads(OUT.read_text())["summary"], indent=1))
 

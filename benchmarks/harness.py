@@ -1,17 +1,22 @@
 """What every benchmark script shares: writing its result JSON with what made it (git commit, config, machine),
 `--set` config overrides, and the dense bf16 peak and MFU of the device it ran on.
 
-    from harness import parse_set, write_result
-    write_result("benchmarks/results/x.json", result, config="configs/bench_cpu.yaml", overrides=parse_set(args.set))
+    from harness import ensure_warm_start, parse_set, write_result
     ensure_warm_start(cfg, args.config)   # a fresh clone has no model.init_weights yet: train the shared one
+    write_result("benchmarks/results/x.json", result, config="configs/bench_cpu.yaml", overrides=parse_set(args.set))
+
+A resumable benchmark keeps one file per piece (`write_piece`, `read_pieces`) and summarises seeds with
+`seed_stats`.
 
 The scripts run as `python benchmarks/<name>.py`, so this folder is on their import path.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import statistics
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,13 +116,38 @@ def write_result(path: str | os.PathLike, result: dict, config: str | os.PathLik
     return write_json_atomic(path, {**result, "provenance": provenance(config, overrides, resolved)})
 
 
+def seed_stats(values: list[float]) -> dict[str, Any]:
+    """A figure over seeds: the values, their mean and their sample std (None where there are too few)."""
+    return {"per_seed": values, "mean": round(statistics.fmean(values), 4) if values else None,
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else None}
+
+
+def piece_file(key: str) -> str:
+    """`search:0:da2:score` -> `search_0_da2_score.json` (the key itself is kept inside the file)."""
+    return key.replace(":", "_") + ".json"
+
+
+def write_piece(folder: Path, key: str, piece: dict, config: str | os.PathLike | None = None) -> Path:
+    """One piece of a resumable benchmark, written atomically as <folder>/<piece_file(key)> with its key."""
+    return write_result(folder / piece_file(key), {"key": key, **piece}, config)
+
+
+def read_pieces(folder: Path) -> dict[str, dict]:
+    """Every piece file in `folder`, by its key (its provenance dropped: the file keeps it)."""
+    pieces = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        piece = json.loads(path.read_text())
+        key = piece.pop("key")
+        piece.pop("provenance", None)
+        pieces[key] = piece
+    return pieces
+
+
 def ensure_warm_start(cfg, config_path: str | os.PathLike, settings=None) -> None:
     """Train the shared warm start on first use, where `model.init_weights` points (it must name
     <folder>/p2net.pt); a cached one with the same settings is reused. A fresh clone has none, so every benchmark
     on a config with init_weights calls this before it builds a model. `settings`: a `PretrainSettings` (default
     its defaults, what the demo and the configs use)."""
-    import json
-
     from da2_platform.config import ExperimentConfig
     from da2_platform.warmstart import PretrainSettings, warm_start
 

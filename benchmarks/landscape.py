@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from harness import ensure_warm_start, write_result
+from harness import ensure_warm_start, seed_stats, write_result
 
 from da2_platform.config import ExperimentConfig, load_config
 from da2_platform.data.splits import prepare_data
@@ -75,8 +75,7 @@ def recipe(config: dict | None) -> dict | None:
 def summary(runs: dict, names: list[str], seeds: list[int]) -> dict:
     def stats(name: str) -> dict:
         values = [runs[f"{name}@{s}"]["val_ap"] for s in seeds if f"{name}@{s}" in runs]
-        return {"per_seed": values, "mean": round(statistics.fmean(values), 4) if values else None,
-                "std": round(statistics.stdev(values), 4) if len(values) > 1 else None}
+        return seed_stats(values)
 
     named = {name: stats(name) for name in names if not name.startswith("random:")}
     per_random = {name: stats(name) for name in names if name.startswith("random:")}

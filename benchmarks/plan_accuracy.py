@@ -132,7 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     compare = json.loads(Path(args.compare).read_text())
     if isinstance(compare.get("pieces"), list):  # the summary lists its pieces: one file each, in the folder beside
-        from compare_cpu import read_pieces
+        from harness import read_pieces
 
         compare["pieces"] = read_pieces(Path(args.compare).with_suffix(""))
     ran = recorded_run(compare)

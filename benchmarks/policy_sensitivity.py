@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
-from harness import ensure_warm_start, write_result
+from harness import ensure_warm_start, seed_stats, write_result
 
 from da2_platform.config import ExperimentConfig, load_config
 from da2_platform.data.splits import prepare_data
@@ -100,8 +99,7 @@ def _summary(args, cfg: ExperimentConfig, pretrain: PretrainSettings, runs: dict
     per_policy = {}
     for name in policies:
         values = [runs[f"{name}@{s}"]["val_ap"] for s in args.seeds if f"{name}@{s}" in runs]
-        per_policy[name] = {"per_seed": values, "mean": round(statistics.fmean(values), 4) if values else None,
-                            "std": round(statistics.stdev(values), 4) if len(values) > 1 else None}
+        per_policy[name] = seed_stats(values)
     done_when = None
     a, b = per_policy.get("fixed:standard-pose"), per_policy.get("fixed:none")
     if a and b and a["std"] is not None and b["std"] is not None:
