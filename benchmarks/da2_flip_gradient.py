@@ -1,0 +1,128 @@
+"""Which way the paper's DA2 gradient pushes HorizontalFlip when the flip is searched, and why.
+
+Earlier rounds searched HorizontalFlip with the relaxed estimator and saw its p fall to 0.0001-0.0002 at every
+seed while evaluation uses the flip test. Since then the flip is the base augmentation of every method and not
+searched (`train.base_augment`), which removes the question from the default runs; this benchmark puts it back
+(`search.include_flip: true`, `train.base_augment: []`: all C(18, 2) = 153 pairs, the flip among them) and
+measures, at the search's start on the real network (cpu-tiny P2Net from the warm start, the lowlight target
+testbed, `da2`'s defaults otherwise), the d gradient on the flip's p against every other op's:
+
+- `exact`: Eq. 11 by double backward (as `da2_hypergradient.py` computes it), and `forward`: what the search's
+  default Eq. 12 form computes, over `--draws` draws per seed (train batch, search-val batch, policy noise);
+- per op, the mean over its p entries of the push -hypergradient / RMS(p hypergradient of the draw) (positive:
+  the d step raises p; the search descends the hypergradient), then its mean over draws and a t value
+  (mean / standard error over the draws of all seeds); and the op's rank among the 18 by mean push;
+- in three variants that differ from the default in one thing each:
+  `flip_val` (the default: the d objective is the flip-test val loss, gates at tau2 0.5),
+  `plain_val` (`val_flip_test: false`: the val loss without the flip test, what the first rounds ran),
+  `sharp_gates` (`tau2: 0.1`: the op gates near 0 or 1, so a flipped crop is rarely blended with its mirror).
+
+Writes benchmarks/results/da2_flip_gradient.json:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --seeds 0 1 2 --draws 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from da2_hypergradient import one_draw
+from harness import ensure_warm_start, write_result
+
+from da2_platform.config import load_config
+from da2_platform.data.splits import prepare_data
+from da2_platform.data.topdown import TopDownDataset
+from da2_platform.search.da2 import DA2Search, da2_method_config, with_targets
+
+FLIP = "HorizontalFlip"
+VARIANTS = {"flip_val": {}, "plain_val": {"val_flip_test": False}, "sharp_gates": {"tau2": 0.1}}
+
+
+def variant_config(base, overrides: dict, seed: int):
+    da2 = base.search.da2.model_copy(update=overrides)
+    search = base.search.model_copy(update={"da2": da2, "include_flip": True})
+    train = base.train.model_copy(update={"base_augment": []})
+    return base.model_copy(update={"seed": seed, "search": search, "train": train})
+
+
+def op_push(p_hyper: torch.Tensor, slots: list[tuple[str, ...]]) -> dict[str, float]:
+    """Per op: mean over its p entries of -hypergradient / RMS over all p entries (positive: p goes up)."""
+    scaled = -p_hyper.double() / p_hyper.double().pow(2).mean().sqrt().clamp_min(1e-30)
+    by_op: dict[str, list[float]] = {}
+    for k, slot in enumerate(slots):
+        for n, name in enumerate(slot):
+            by_op.setdefault(name, []).append(float(scaled[k, n]))
+    return {name: float(np.mean(values)) for name, values in by_op.items()}
+
+
+def summary(pushes: list[dict[str, float]]) -> dict:
+    ops = sorted(pushes[0])
+    mean = {op: float(np.mean([p[op] for p in pushes])) for op in ops}
+    sem = {op: float(np.std([p[op] for p in pushes], ddof=1) / np.sqrt(len(pushes))) for op in ops}
+    order = sorted(ops, key=lambda op: -mean[op])
+    return {"flip_push_mean": round(mean[FLIP], 4), "flip_push_t": round(mean[FLIP] / max(sem[FLIP], 1e-30), 2),
+            "flip_rank": order.index(FLIP) + 1, "ops": len(ops), "draws": len(pushes),
+            "others_push_mean": round(float(np.mean([mean[op] for op in ops if op != FLIP])), 4),
+            "top3": order[:3], "bottom3": order[-3:],
+            "per_op_mean": {op: round(mean[op], 4) for op in order}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/bench_cpu.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--draws", type=int, default=8)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--out", default="benchmarks/results/da2_flip_gradient.json")
+    args = parser.parse_args()
+    if args.draws < 2:
+        parser.error("--draws must be at least 2 (the t value is over draws)")
+    torch.set_num_threads(1)
+    base = da2_method_config(load_config(args.config), "da2")
+    ensure_warm_start(base, args.config)
+    result: dict = {"benchmark": "da2_flip_gradient", "draws": args.draws, "seeds": args.seeds,
+                    "variants": {v: VARIANTS[v] for v in args.variants}, "runs": {}, "summary": {}}
+    for variant in args.variants:
+        pushes: dict[str, list[dict[str, float]]] = {"exact": [], "forward": []}
+        for seed in args.seeds:
+            start = time.perf_counter()
+            cfg = variant_config(base, VARIANTS[variant], seed)
+            data = prepare_data(cfg)
+            size = cfg.data.input_size
+            search = DA2Search(cfg, TopDownDataset(data.search_train_annotations, data.train_images,
+                                                   input_size=size),
+                               TopDownDataset(data.search_val_annotations, data.search_val_images, input_size=size),
+                               torch.device("cpu"))
+            slots = search.policy.slots
+            names = [name.removesuffix("_logits") for name, _ in search.policy.named_parameters()]
+            p_index = names.index("p")
+            seed_pushes: dict[str, list[dict[str, float]]] = {"exact": [], "forward": []}
+            for index in range(args.draws):
+                train = with_targets(next(search.train_stream), cfg, torch.device("cpu"), search.base_augment)
+                val = with_targets(next(search.val_stream), cfg, torch.device("cpu"))
+                noise = search.policy.sample_noise(train.images.shape[0], search.generator)
+                grads = one_draw(search, train, val, noise, [search.step_fn.fd_scale])
+                for kind in ("exact", "forward"):
+                    seed_pushes[kind].append(op_push(grads[kind][p_index], slots))
+            for kind, rows in seed_pushes.items():
+                pushes[kind].extend(rows)
+            result["runs"][f"{variant}:{seed}"] = {
+                "slots": len(slots), "seconds": round(time.perf_counter() - start, 1),
+                **{kind: summary(seed_pushes[kind]) for kind in seed_pushes}}
+            print(json.dumps({"variant": variant, "seed": seed,
+                              **{kind: {k: result["runs"][f"{variant}:{seed}"][kind][k]
+                                        for k in ("flip_push_mean", "flip_push_t", "flip_rank")}
+                                 for kind in seed_pushes}}), flush=True)
+            write_result(args.out, result, args.config, resolved=cfg.model_dump(mode="json"))
+        result["summary"][variant] = {kind: summary(pushes[kind]) for kind in pushes}
+        write_result(args.out, result, args.config, resolved=base.model_dump(mode="json"))
+    print(json.dumps({v: {kind: {k: s[kind][k] for k in ("flip_push_mean", "flip_push_t", "flip_rank", "top3")}
+                          for kind in s} for v, s in result["summary"].items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
