@@ -102,10 +102,12 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    all_seeds = report.get("seeds", [])
+    full = [len(b.get("seeds", all_seeds)) == len(all_seeds) for b in report["budgets"]]
     for method in report["budgets"][0]["methods"] if report["budgets"] else []:
-        xs, ys, lo, hi = [], [], [], []
-        for b in report["budgets"]:
+        xs, ys, lo, hi, whole = [], [], [], [], []
+        for b, is_full in zip(report["budgets"], full, strict=True):
             entry = b["methods"][method]
             if entry["final_ap_mean"] is None:
                 continue
@@ -114,18 +116,33 @@ def plot(report: dict, path: Path) -> None:
             std = entry["final_ap_std"] or 0.0
             lo.append(ys[-1] - std)
             hi.append(ys[-1] + std)
-        if xs:
-            (line,) = ax.plot(xs, ys, marker="o", label=method)
-            ax.fill_between(xs, lo, hi, alpha=0.15, color=line.get_color())
+            whole.append(is_full)
+        n = sum(whole)  # the budgets every seed reached come first (budgets only grow)
+        if n:
+            (line,) = ax.plot(xs[:n], ys[:n], marker="o", label=method)
+            ax.fill_between(xs[:n], lo[:n], hi[:n], alpha=0.15, color=line.get_color())
+        if len(xs) > n:  # budgets fewer seeds reached: hollow markers, dotted, no band
+            color = line.get_color() if n else None
+            (dots,) = ax.plot(xs[max(n - 1, 0):], ys[max(n - 1, 0):], linestyle=":", color=color,
+                              label=None if n else method)
+            ax.plot(xs[n:], ys[n:], linestyle="none", marker="o", markerfacecolor="white",
+                    color=dots.get_color())
     target = (report.get("to_target") or {}).get("target_ap")
     if target is not None:
         ax.axhline(target, color="grey", linestyle="--", linewidth=1, label="target (DA2 - 0.005)")
     ax.set_xscale("log")
-    ax.set_xlabel("search budget, device-hours (log)")
+    ticks = [b["device_hours"] for b in report["budgets"]]
+    ax.set_xticks(ticks, [f"{b['multiple']:g}x\n{b['device_hours']:.3f}" for b in report["budgets"]])
+    ax.minorticks_off()
+    ax.set_xlabel("search budget: multiple of DA2's search, device-hours (log scale)")
     ax.set_ylabel("final val AP (mean, band: std over seeds)")
-    seeds = ", ".join(str(s) for s in report.get("seeds", []))
-    ax.set_title(f"Final AP at equal budgets (CPU target testbed, seeds {seeds})")
-    ax.legend(fontsize=8)
+    seeds = ", ".join(str(s) for s in all_seeds)
+    partial = [f"{b['multiple']:g}x: seed{'s' if len(b['seeds']) > 1 else ''} "
+               f"{', '.join(str(s) for s in b['seeds'])}" for b, f in zip(report["budgets"], full, strict=True)
+               if not f]
+    ax.set_title(f"Final AP at equal budgets (CPU target testbed, seeds {seeds}"
+                 + (f"; hollow, {'; '.join(partial)} only)" if partial else ")"), fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=120)
