@@ -17,9 +17,17 @@ testbed, `da2`'s defaults otherwise), the d gradient on the flip's p against eve
   `plain_val` (`val_flip_test: false`: the val loss without the flip test, what the first rounds ran),
   `sharp_gates` (`tau2: 0.1`: the op gates near 0 or 1, so a flipped crop is rarely blended with its mirror).
 
-Writes benchmarks/results/da2_flip_gradient.json:
+`--search` runs, instead, whole `da2` searches in each variant (150 steps, the search's defaults otherwise, as the
+comparison runs them), then the final training of the learned policy (no base flip there either: the policy
+decides the flip), and records HorizontalFlip's rate (sum over its sub-policies of pi x p; every op starts at
+17 / 153 x 0.5 = 0.056), its rank among the 18 ops, pi's effective sub-policies and the final val AP; one entry
+per (variant, seed), kept across reruns.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --seeds 0 1 2 --draws 8
+Writes benchmarks/results/da2_flip_gradient.json (the gradients under `runs` and `summary`, the searches under
+`searches`; each mode keeps the other's):
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --seeds 0 1 2 --draws 24
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --search --seeds 0 1 2 --variants flip_val plain_val
 """
 
 from __future__ import annotations
@@ -27,10 +35,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from da2_hypergradient import one_draw
+from da2_learned_ops import learned
 from harness import ensure_warm_start, write_result
 
 from da2_platform.config import load_config
@@ -71,12 +81,51 @@ def summary(pushes: list[dict[str, float]]) -> dict:
             "per_op_mean": {op: round(mean[op], 4) for op in order}}
 
 
+def run_searches(base, args, result: dict) -> None:
+    """Whole `da2` searches with the flip searched, each variant and seed: the flip's learned rate and the AP."""
+    from da2_platform.compare import seed_config
+    from da2_platform.data.splits import prepare_data as prepare
+    from da2_platform.raycluster import ensure_ray
+    from da2_platform.search.children import final_training
+    from da2_platform.search.driver import run_search
+    from da2_platform.search.methods import spec_builder
+    from search_spaces.policy import Policy
+
+    ensure_ray()
+    searches = result.setdefault("searches", {})
+    for variant in args.variants:
+        for seed in args.seeds:
+            key = f"{variant}:{seed}"
+            if key in searches:
+                continue
+            cfg = variant_config(seed_config(base, seed, several=True), VARIANTS[variant], seed)
+            outcome = run_search(cfg, "da2", spec_builder("da2"), register=False, fresh=True)
+            row = outcome.trials[0]
+            policy = Policy.from_json(row.policy_json)
+            entry = learned(policy)
+            order = list(entry["op_rate"])
+            curve, seconds = final_training(cfg, prepare(cfg), policy)
+            searches[key] = {"flip_rate": round(entry["op_rate"].get(FLIP, 0.0), 4),
+                             "flip_rank": order.index(FLIP) + 1 if FLIP in order else len(order) + 1,
+                             "ops": len(order), "top3": order[:3],
+                             "op_rate_range": [round(min(entry["op_rate"].values()), 4),
+                                               round(max(entry["op_rate"].values()), 4)],
+                             "effective_sub_policies": round(entry["effective_sub_policies"], 1),
+                             "sub_policies": entry["sub_policies"], "final_val_ap": curve[-1]["val_ap"],
+                             "search_device_seconds": round(outcome.device_seconds, 1),
+                             "final_seconds": round(seconds, 1)}
+            print(json.dumps({key: searches[key]}), flush=True)
+            write_result(args.out, result, args.config, resolved=cfg.model_dump(mode="json"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/bench_cpu.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--draws", type=int, default=8)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--search", action="store_true",
+                        help="run whole da2 searches with the flip searched instead of the gradient measurement")
     parser.add_argument("--out", default="benchmarks/results/da2_flip_gradient.json")
     args = parser.parse_args()
     if args.draws < 2:
@@ -84,8 +133,17 @@ def main() -> None:
     torch.set_num_threads(1)
     base = da2_method_config(load_config(args.config), "da2")
     ensure_warm_start(base, args.config)
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    previous.pop("provenance", None)
+    if args.search:
+        result = {"benchmark": "da2_flip_gradient", **previous}
+        result.setdefault("variants", {}).update({v: VARIANTS[v] for v in args.variants})
+        run_searches(base, args, result)
+        print(json.dumps(result["searches"], indent=1))
+        return
     result: dict = {"benchmark": "da2_flip_gradient", "draws": args.draws, "seeds": args.seeds,
-                    "variants": {v: VARIANTS[v] for v in args.variants}, "runs": {}, "summary": {}}
+                    "variants": {v: VARIANTS[v] for v in args.variants}, "runs": {}, "summary": {},
+                    **({"searches": previous["searches"]} if "searches" in previous else {})}
     for variant in args.variants:
         pushes: dict[str, list[dict[str, float]]] = {"exact": [], "forward": []}
         for seed in args.seeds:
