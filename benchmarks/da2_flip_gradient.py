@@ -15,7 +15,10 @@ testbed, `da2`'s defaults otherwise), the d gradient on the flip's p against eve
 - in three variants that differ from the default in one thing each:
   `flip_val` (the default: the d objective is the flip-test val loss, gates at tau2 0.5),
   `plain_val` (`val_flip_test: false`: the val loss without the flip test, what the first rounds ran),
-  `sharp_gates` (`tau2: 0.1`: the op gates near 0 or 1, so a flipped crop is rarely blended with its mirror).
+  `sharp_gates` (`tau2: 0.1`: the op gates near 0 or 1, so a flipped crop is rarely blended with its mirror),
+  `central` (for `--search`: Eq. 12's central difference instead of the default forward one),
+  `old_settings` (for `--search`: the settings of the rounds whose relaxed searches lost the flip, 24 dealt pairs,
+  central Eq. 12 at every step, 300 steps; everything else as today).
 
 `--search` runs, instead, whole `da2` searches in each variant (150 steps, the search's defaults otherwise, as the
 comparison runs them), then the final training of the learned policy (no base flip there either: the policy
@@ -27,7 +30,11 @@ Writes benchmarks/results/da2_flip_gradient.json (the gradients under `runs` and
 `searches`; each mode keeps the other's):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --seeds 0 1 2 --draws 24
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --seeds 0 1 2 --draws 24 --variants flip_val \
+        --after-steps 150 --out benchmarks/results/da2_flip_gradient_after150.json   # at the search's end
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --search --seeds 0 1 2 --variants flip_val plain_val
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --search --seeds 0 1 2 --variants central
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --search --seeds 0 1 --variants old_settings
 """
 
 from __future__ import annotations
@@ -49,7 +56,11 @@ from da2_platform.data.topdown import TopDownDataset
 from da2_platform.search.da2 import DA2Search, da2_method_config, with_targets
 
 FLIP = "HorizontalFlip"
-VARIANTS = {"flip_val": {}, "plain_val": {"val_flip_test": False}, "sharp_gates": {"tau2": 0.1}}
+VARIANTS = {"flip_val": {}, "plain_val": {"val_flip_test": False}, "sharp_gates": {"tau2": 0.1},
+            "central": {"hypergradient": "central"},  # Eq. 12 as the paper writes it, not the default forward form
+            # the settings of the rounds that lost the flip: 24 dealt pairs, central Eq. 12 at every step, 300 steps
+            "old_settings": {"sub_policies": 24, "hypergradient": "central", "policy_update_every": 1,
+                             "steps": 300}}
 
 
 def variant_config(base, overrides: dict, seed: int):
@@ -115,6 +126,11 @@ def run_searches(base, args, result: dict) -> None:
                              "search_device_seconds": round(outcome.device_seconds, 1),
                              "final_seconds": round(seconds, 1)}
             print(json.dumps({key: searches[key]}), flush=True)
+            if Path(args.out).exists():  # another process's searches too (one per variant may run at once)
+                on_disk = json.loads(Path(args.out).read_text())
+                for other, entry in on_disk.get("searches", {}).items():
+                    searches.setdefault(other, entry)
+                result["variants"] = {**on_disk.get("variants", {}), **result["variants"]}
             write_result(args.out, result, args.config, resolved=cfg.model_dump(mode="json"))
 
 
@@ -123,7 +139,10 @@ def main() -> None:
     parser.add_argument("--config", default="configs/bench_cpu.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--draws", type=int, default=8)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["flip_val", "plain_val", "sharp_gates"],
+                        choices=list(VARIANTS))
+    parser.add_argument("--after-steps", type=int, default=0,
+                        help="gradient mode: run the search this many steps first, then measure (0: at its start)")
     parser.add_argument("--search", action="store_true",
                         help="run whole da2 searches with the flip searched instead of the gradient measurement")
     parser.add_argument("--out", default="benchmarks/results/da2_flip_gradient.json")
@@ -142,6 +161,7 @@ def main() -> None:
         print(json.dumps(result["searches"], indent=1))
         return
     result: dict = {"benchmark": "da2_flip_gradient", "draws": args.draws, "seeds": args.seeds,
+                    "after_steps": args.after_steps,
                     "variants": {v: VARIANTS[v] for v in args.variants}, "runs": {}, "summary": {},
                     **({"searches": previous["searches"]} if "searches" in previous else {})}
     for variant in args.variants:
@@ -155,7 +175,10 @@ def main() -> None:
                                                    input_size=size),
                                TopDownDataset(data.search_val_annotations, data.search_val_images, input_size=size),
                                torch.device("cpu"))
+            for _ in range(args.after_steps):  # measure at a later state of the search, not at its start
+                search.step()
             slots = search.policy.slots
+            rates = learned(search.learned_policy())["op_rate"]
             names = [name.removesuffix("_logits") for name, _ in search.policy.named_parameters()]
             p_index = names.index("p")
             seed_pushes: dict[str, list[dict[str, float]]] = {"exact": [], "forward": []}
@@ -170,6 +193,8 @@ def main() -> None:
                 pushes[kind].extend(rows)
             result["runs"][f"{variant}:{seed}"] = {
                 "slots": len(slots), "seconds": round(time.perf_counter() - start, 1),
+                "after_steps": args.after_steps, "flip_rate": round(rates.get(FLIP, 0.0), 4),
+                "flip_rate_rank": list(rates).index(FLIP) + 1,
                 **{kind: summary(seed_pushes[kind]) for kind in seed_pushes}}
             print(json.dumps({"variant": variant, "seed": seed,
                               **{kind: {k: result["runs"][f"{variant}:{seed}"][kind][k]

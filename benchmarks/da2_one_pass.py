@@ -131,8 +131,9 @@ def main() -> None:
 
     def save() -> None:
         seeds = sorted({int(k.split(":")[0]) for k in pieces})
+        ran = sorted({k.split(":", 1)[1].rsplit(":", 1)[0] for k in pieces})  # every method's pieces, not --methods'
         write_result(OUT, {"benchmark": "da2_one_pass", "equal_epochs": equal_epochs,
-                           "summary": summarise(pieces, seeds, methods), "seeds": seeds,
+                           "summary": summarise(pieces, seeds, ran), "seeds": seeds,
                            "pieces_folder": str(folder)}, args.config)
 
     def run(cfg: ExperimentConfig, seed: int, method: str, variant: str) -> dict:
