@@ -86,7 +86,7 @@ def summarise(pieces: dict, methods: list[str], seeds: list[int]) -> dict:
                  or f"final:{s}:da2:score:{b.multiple:g}" in pieces] for b in budgets]
     final_ap = {m: [[pieces.get(f"final:{s}:{m}:{b.multiple:g}", {}).get("val_ap") for s in at]
                     for b, at in zip(budgets, seeds_at)] for m in methods}
-    report = yardstick_report(budgets, final_ap, list(per_seed_unit))
+    report = yardstick_report(budgets, final_ap, list(per_seed_unit), seeds_at)
     for row, at in zip(report["budgets"], seeds_at):  # a larger budget may have run at fewer seeds
         row["seeds"] = at
     report["units"] = {str(s): round(u, 1) for s, u in per_seed_unit.items()}

@@ -18,8 +18,9 @@ testbed, `da2`'s defaults otherwise), the d gradient on the flip's p against eve
   `sharp_gates` (`tau2: 0.1`: the op gates near 0 or 1, so a flipped crop is rarely blended with its mirror),
   `central` (for `--search`: Eq. 12's central difference instead of the default forward one),
   `old_settings` (for `--search`: the settings of the rounds whose relaxed searches lost the flip, 24 dealt pairs,
-  central Eq. 12 at every step, 300 steps; everything else as today), and `old_settings_all_pairs` (the same
-  over all 153 pairs).
+  central Eq. 12 at every step, 300 steps; everything else as today), `old_settings_all_pairs` (the same
+  over all 153 pairs), `pairs24` (today's defaults on 24 dealt pairs) and `pairs24_every1_300` (24 pairs, a d step
+  at every one of 300 steps, the forward difference): which part of the old settings concentrates pi.
 
 `--search` runs, instead, whole `da2` searches in each variant (150 steps, the search's defaults otherwise, as the
 comparison runs them), then the final training of the learned policy (no base flip there either: the policy
@@ -37,6 +38,8 @@ Writes benchmarks/results/da2_flip_gradient.json (the gradients under `runs` and
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --search --seeds 0 1 2 --variants central
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --search --seeds 0 1 --variants old_settings
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --search --seeds 0 --variants old_settings_all_pairs
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --search --seeds 1 --variants old_settings_all_pairs
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/da2_flip_gradient.py --search --seeds 0 1 --variants pairs24 pairs24_every1_300
 """
 
 from __future__ import annotations
@@ -65,7 +68,11 @@ VARIANTS = {"flip_val": {}, "plain_val": {"val_flip_test": False}, "sharp_gates"
                              "steps": 300},
             # the same with today's space (every pair): is the 24-pair space what concentrates pi?
             "old_settings_all_pairs": {"sub_policies": None, "hypergradient": "central", "policy_update_every": 1,
-                                       "steps": 300}}
+                                       "steps": 300},
+            # which part of the old settings collapses pi: the 24-pair space alone (today's schedule) ...
+            "pairs24": {"sub_policies": 24},
+            # ... or the 24 pairs with the old schedule's many d steps, forward (so not the central difference)
+            "pairs24_every1_300": {"sub_policies": 24, "policy_update_every": 1, "steps": 300}}
 
 
 def variant_config(base, overrides: dict, seed: int):

@@ -59,12 +59,39 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def paired_gaps(budgets: Sequence[Budget], final_ap: dict[str, list[list[float | None]]],
+                seeds_at: Sequence[Sequence[int]]) -> dict:
+    """Per DA2 method and other method: per seed, the DA2 method's final AP at the first budget minus the other's
+    at each budget; the mean, std and count over the seeds where both have an AP.
+
+    Seed by seed, so the spread the seeds share (data draw, init) cancels: "DA2 at 1x against RL at 3x" as a
+    paired difference, not two means with their own spreads. `seeds_at[b]` names the seeds of `final_ap[m][b]`."""
+    out: dict = {"rule": "per seed: the DA2 method's final AP at the first budget minus the method's at the "
+                         "budget; mean, std and n over the seeds where both have one"}
+    for da2 in [m for m in DA2_METHODS if m in final_ap]:
+        first = dict(zip(seeds_at[0], final_ap[da2][0]))
+        rows: dict = {}
+        for method in [m for m in final_ap if m not in DA2_METHODS]:
+            rows[method] = []
+            for b, budget in enumerate(budgets):
+                gaps = [first[s] - v for s, v in zip(seeds_at[b], final_ap[method][b])
+                        if v is not None and first.get(s) is not None]
+                mean, std = _mean_std(gaps)
+                rows[method].append({"multiple": budget.multiple,
+                                     "mean": None if mean is None else round(mean, 4),
+                                     "std": None if std is None else round(std, 4), "n": len(gaps)})
+        out[da2] = rows
+    return out
+
+
 def yardstick_report(budgets: Sequence[Budget], final_ap: dict[str, list[list[float | None]]],
-                     seeds: Sequence[int]) -> dict:
-    """The report's `budgets` and `to_target` sections.
+                     seeds: Sequence[int], seeds_at: Sequence[Sequence[int]] | None = None) -> dict:
+    """The report's `budgets`, `to_target` and `paired` sections.
 
     `final_ap[method][b]` holds the final APs over seeds at budget b (None where the method had returned nothing
-    yet at that budget on that seed)."""
+    yet at that budget on that seed); `seeds_at[b]` names those seeds when a budget ran at fewer of them (default:
+    `seeds` at every budget)."""
+    seeds_at = seeds_at if seeds_at is not None else [list(seeds)] * len(budgets)
     rows = []
     means: dict[str, list[float | None]] = {m: [] for m in final_ap}
     for b, budget in enumerate(budgets):
@@ -97,4 +124,5 @@ def yardstick_report(budgets: Sequence[Budget], final_ap: dict[str, list[list[fl
             to["methods"][method] = {"device_hours": None if hit.censored else round(hit.device_hours, 6),
                                      "ratio_to_da2": None if ratio is None else round(ratio, 2),
                                      "censored": hit.censored, "text": hit.text()}
-    return {"seeds": list(seeds), "budgets": rows, "to_target": to}
+    return {"seeds": list(seeds), "budgets": rows, "to_target": to,
+            "paired": paired_gaps(budgets, final_ap, seeds_at)}

@@ -35,6 +35,19 @@ def test_the_report_holds_means_per_budget_and_a_censored_ratio():
     optuna = to["methods"]["optuna"]
     assert optuna["censored"] and optuna["device_hours"] is None and optuna["text"] == "> 1"
     assert optuna["ratio_to_da2"] == 10  # the largest budget's multiple: "more than 10x"
+    rl = report["paired"]["da2"]["rl"]  # per seed: da2 at 1x minus RL at each budget
+    assert rl[0] == {"multiple": 1, "mean": None, "std": None, "n": 0}  # RL had nothing at 1x
+    assert rl[1]["mean"] == pytest.approx(0.05) and rl[1]["std"] == pytest.approx(0.0) and rl[1]["n"] == 2
+    assert report["paired"]["da2"]["optuna"][2]["mean"] == pytest.approx(0.08)
+
+
+def test_paired_gaps_match_seeds_when_a_budget_ran_at_fewer():
+    budgets = budgets_from([1, 3], 360.0)
+    final_ap = {"da2": [[0.20, 0.10], [0.20]], "rl": [[0.05, 0.09], [0.30]]}
+    report = yardstick_report(budgets, final_ap, [0, 1], seeds_at=[[0, 1], [1]])
+    rl = report["paired"]["da2"]["rl"]
+    assert rl[0]["mean"] == pytest.approx(0.08) and rl[0]["n"] == 2
+    assert rl[1]["mean"] == pytest.approx(-0.20) and rl[1]["n"] == 1  # seed 1's da2 at 1x (0.10) minus 0.30
 
 
 @pytest.mark.parametrize("args, message", [
