@@ -107,7 +107,11 @@ def interrupt_synth(out: Path, images_before_signal: int = 20) -> tuple[int, str
     """Run `da2 data synth` in a child process, send it a real SIGINT once it has written some images, and return
     its exit code and stderr."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "da2_platform", "data", "synth", "--out", str(out), "--train",
+    # a shell starts a background job with SIGINT ignored, and a child inherits that; Ctrl+C's handler is put back
+    # first, so the test does not depend on how pytest was started
+    start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "runpy.run_module('da2_platform', run_name='__main__', alter_sys=True)")
+    proc = subprocess.Popen([sys.executable, "-c", start, "data", "synth", "--out", str(out), "--train",
                              "5000", "--val", "2", "--image-size", "64x64"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
