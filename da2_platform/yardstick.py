@@ -53,6 +53,10 @@ def da2_unit_cost(costs: dict[str, float]) -> float | None:
     return max(found) if found else None
 
 
+def _round4(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -77,9 +81,8 @@ def paired_gaps(budgets: Sequence[Budget], final_ap: dict[str, list[list[float |
                 gaps = [first[s] - v for s, v in zip(seeds_at[b], final_ap[method][b])
                         if v is not None and first.get(s) is not None]
                 mean, std = _mean_std(gaps)
-                rows[method].append({"multiple": budget.multiple,
-                                     "mean": None if mean is None else round(mean, 4),
-                                     "std": None if std is None else round(std, 4), "n": len(gaps)})
+                rows[method].append({"multiple": budget.multiple, "mean": _round4(mean), "std": _round4(std),
+                                     "n": len(gaps)})
         out[da2] = rows
     return out
 
@@ -101,8 +104,7 @@ def yardstick_report(budgets: Sequence[Budget], final_ap: dict[str, list[list[fl
             complete = len(values) == len(per_budget[b]) and values
             mean, std = _mean_std(values) if complete else (None, None)
             means[method].append(mean)
-            methods[method] = {"final_ap_mean": None if mean is None else round(mean, 4),
-                               "final_ap_std": None if std is None else round(std, 4),
+            methods[method] = {"final_ap_mean": _round4(mean), "final_ap_std": _round4(std),
                                "per_seed": per_budget[b]}
         rows.append({"multiple": budget.multiple, "device_hours": round(budget.device_hours, 6),
                      "methods": methods})
